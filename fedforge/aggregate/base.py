@@ -1,0 +1,32 @@
+"""The aggregation seam: fold participants' updates into one.
+
+An ``Aggregator`` opens an ``Accumulator`` for a round. Linear aggregators
+(sum, mean, weighted mean) fold each update into one running buffer as it
+arrives and drop it, so server memory is O(model) whatever the number of
+clients (DESIGN invariant 4). Robust aggregators that need every update at
+once declare ``linear = False``; features such as secure aggregation check
+that flag at configuration time.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from fedforge.params import Params
+
+
+class Accumulator(Protocol):
+    count: int
+
+    def add(self, update: Params, weight: float) -> None:
+        """Fold one update in; ``weight`` is the participant's example count."""
+
+    def result(self) -> Params:
+        """The aggregate of everything added; raises ``ValueError`` if nothing was."""
+
+
+class Aggregator(Protocol):
+    name: str
+    linear: bool
+
+    def open(self, template: Params) -> Accumulator: ...

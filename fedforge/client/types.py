@@ -1,0 +1,56 @@
+"""What crosses the seam between the server and a participant.
+
+A participant receives the global ``Params`` and a ``RoundInfo``; it answers
+with a ``FitResult`` (an update, never its data) or an ``EvalResult``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from fedforge.params import Params
+
+Scalar = float | int | str | bool
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """Per-round instructions from the server to one participant.
+
+    ``seed`` is derived from (run seed, round, client id), so a participant's
+    randomness is the same whichever backend or process runs it.
+    ``feedback`` carries the global model's evaluated performance from the
+    previous round (e.g. ``{"central_accuracy": 0.81}``), empty in round 1.
+    """
+
+    round: int
+    seed: int
+    feedback: Mapping[str, float] = field(default_factory=dict)
+    options: Mapping[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """A participant's answer to ``fit``: ``update`` is new minus old parameters."""
+
+    update: Params
+    num_examples: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    num_examples: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Client(Protocol):
+    """Anything that can train on local data and evaluate a global model."""
+
+    def fit(self, params: Params, info: RoundInfo) -> FitResult: ...
+
+    def evaluate(self, params: Params, info: RoundInfo) -> EvalResult: ...

@@ -1,0 +1,264 @@
+"""The central server: the round loop across the four seams of DESIGN.md.
+
+    distribute  sample participants (seeded), send params + RoundInfo
+    client work any Client's fit, run by a Backend, results streamed back
+    aggregate   validate each update, fold it into a streaming Accumulator
+    finalize    the aggregate is a pseudo-gradient for the server optimizer
+
+then evaluate the new global model (centrally on a server-held set and/or
+federatedly on sampled participants' evaluation splits) and send that
+performance back to the participants with the next round's RoundInfo.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from fedforge.aggregate import Aggregator, WeightedMean
+from fedforge.backends import Backend, ClientFailure, Sequential
+from fedforge.client.types import Client, EvalResult, RoundInfo
+from fedforge.optim import FedAvg, ServerOptimizerSpec
+from fedforge.params import ClientId, Params, clone, l2_norm, num_bytes
+from fedforge.seeding import derive_seed
+from fedforge.server import checkpoint
+from fedforge.server.history import History, Record
+from fedforge.server.rundir import RunDir
+from fedforge.server.sampler import Sampler
+from fedforge.server.validate import check_update
+
+log = logging.getLogger(__name__)
+
+CentralEval = Callable[[Params], EvalResult]
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """When and where the global model is evaluated."""
+
+    every: int = 1  # evaluate after every k-th round (and always after the last)
+    federated: Sampler | None = None  # participants to evaluate on; None: no federated eval
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"eval every must be >= 1, got {self.every}")
+
+
+class Server:
+    def __init__(
+        self,
+        params: Params,
+        *,
+        sampler: Sampler,
+        aggregator: Aggregator | None = None,
+        optimizer: ServerOptimizerSpec | None = None,
+        central_eval: CentralEval | None = None,
+        eval_plan: EvalPlan | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.params = clone(params)
+        self.sampler = sampler
+        self.aggregator = aggregator or WeightedMean()
+        self.optimizer = (optimizer or FedAvg()).build()
+        self.optimizer.bind(self.params)
+        self.central_eval = central_eval
+        self.eval_plan = eval_plan or EvalPlan()
+        self.seed = seed
+        self.round = 0
+        self.history = History()
+        self.feedback: dict[str, float] = {}
+
+    # --- checkpointing -------------------------------------------------------------------
+
+    def checkpoint(self) -> checkpoint.Checkpoint:
+        state = {"history": self.history.records, "feedback": self.feedback, "seed": self.seed}
+        return checkpoint.Checkpoint(
+            self.round, clone(self.params), self.optimizer.state_dict(), state
+        )
+
+    def restore(self, ckpt: checkpoint.Checkpoint) -> None:
+        """Continue from ``ckpt`` exactly as if the run had never stopped."""
+        if ckpt.state.get("seed", self.seed) != self.seed:
+            raise ValueError(
+                f"checkpoint was made with seed {ckpt.state['seed']}, this server has {self.seed}"
+            )
+        self.params = clone(ckpt.params)
+        self.optimizer.bind(self.params)
+        self.optimizer.load_state_dict(ckpt.optimizer_state)
+        self.round = ckpt.round
+        self.history = History(list(ckpt.state.get("history", [])))
+        self.history.truncate(ckpt.round)
+        self.feedback = dict(ckpt.state.get("feedback", {}))
+
+    def resume_from(self, run_dir: RunDir) -> bool:
+        """Restore the newest checkpoint in ``run_dir``; False if it has none."""
+        found = checkpoint.list_checkpoints(run_dir.checkpoints)
+        if not found:
+            return False
+        self.restore(checkpoint.load(found[-1], expected=self.params))
+        run_dir.rewrite_metrics(self.history)
+        log.info("resumed from %s (round %d)", found[-1], self.round)
+        return True
+
+    # --- the round -----------------------------------------------------------------------
+
+    def _info(self, kind: str, round_: int, cid: ClientId) -> RoundInfo:
+        return RoundInfo(round_, derive_seed(self.seed, kind, round_, cid), dict(self.feedback))
+
+    def fit_round(self, clients: Mapping[ClientId, Client], backend: Backend) -> Record:
+        r = self.round + 1
+        t0 = time.perf_counter()
+        sampled = self.sampler.sample(r, list(clients))
+        jobs = [(cid, self._info("fit", r, cid)) for cid in sampled]
+        acc = self.aggregator.open(self.params)
+        failed: dict[str, str] = {}
+        rejected: dict[str, str] = {}
+        loss_sum, loss_weight = 0.0, 0
+        down = num_bytes(self.params)
+        bytes_up = 0
+        for cid, res in backend.fit(jobs, self.params):
+            if isinstance(res, ClientFailure):
+                failed[cid] = res.reason
+                continue
+            why = check_update(res, self.params)
+            if why is not None:
+                log.warning("round %d: update from %s left out: %s", r, cid, why)
+                rejected[cid] = why
+                continue
+            bytes_up += num_bytes(res.update)
+            acc.add(res.update, res.num_examples)
+            if "train_loss" in res.metrics:
+                loss_sum += float(res.metrics["train_loss"]) * res.num_examples
+                loss_weight += res.num_examples
+        record: Record = {
+            "round": r,
+            "sampled": len(sampled),
+            "aggregated": acc.count,
+            "bytes_down": down * len(sampled),
+            "bytes_up": bytes_up,
+        }
+        if failed:
+            record["failed"] = failed
+        if rejected:
+            record["rejected"] = rejected
+        if loss_weight:
+            record["train_loss"] = loss_sum / loss_weight
+        if acc.count >= self.sampler.min_clients:
+            delta = acc.result()
+            record["update_norm"] = l2_norm(delta)
+            self.params = self.optimizer.step(self.params, delta)
+        else:
+            record["skipped"] = (
+                f"only {acc.count} usable updates, fewer than min_clients={self.sampler.min_clients}"
+            )
+            log.warning("round %d: global model unchanged: %s", r, record["skipped"])
+        self.round = r
+        record["fit_time_s"] = time.perf_counter() - t0
+        return record
+
+    def evaluate_round(
+        self, clients: Mapping[ClientId, Client], backend: Backend, record: Record
+    ) -> None:
+        r = self.round
+        if self.central_eval is not None:
+            res = self.central_eval(self.params)
+            record["central_loss"] = res.loss
+            for k, v in res.metrics.items():
+                record[f"central_{k}"] = v
+        fed = self.eval_plan.federated
+        if fed is not None:
+            ids = fed.sample(r, list(clients))
+            jobs = [(cid, self._info("evaluate", r, cid)) for cid in ids]
+            n_total, loss_sum = 0, 0.0
+            sums: dict[str, float] = {}
+            for _, res in backend.evaluate(jobs, self.params):
+                if isinstance(res, ClientFailure):
+                    continue
+                n_total += res.num_examples
+                loss_sum += res.loss * res.num_examples
+                for k, v in res.metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v * res.num_examples
+            if n_total:
+                record["federated_loss"] = loss_sum / n_total
+                for k, v in sums.items():
+                    record[f"federated_{k}"] = v / n_total
+        self.feedback = {
+            k: float(v)
+            for k, v in record.items()
+            if k.startswith(("central_", "federated_")) and isinstance(v, float | int)
+        }
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(
+        self,
+        clients: Mapping[ClientId, Client],
+        rounds: int,
+        *,
+        backend: Backend | None = None,
+        run_dir: RunDir | str | Path | None = None,
+        checkpoint_every: int = 1,
+        keep_checkpoints: int | None = 2,
+        progress: bool = True,
+        stop_after: int | None = None,
+    ) -> History:
+        """Train until ``rounds`` rounds are done (counting rounds restored from a checkpoint).
+
+        ``stop_after`` ends this call after that many rounds, as a crash would (used to test
+        resumption).
+        """
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        if checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+        if not clients:
+            raise ValueError("no clients: a federation needs at least one participant")
+        self.sampler.check(len(clients))
+        if self.eval_plan.federated is not None:
+            self.eval_plan.federated.check(len(clients))
+        rd = run_dir if isinstance(run_dir, RunDir) or run_dir is None else RunDir(run_dir)
+        backend = backend or Sequential()
+        backend.start(clients)
+        done_here = 0
+        bar = tqdm(
+            total=rounds, initial=self.round, desc="rounds", unit="round", disable=not progress
+        )
+        try:
+            with logging_redirect_tqdm():
+                while self.round < rounds:
+                    record = self.fit_round(clients, backend)
+                    t0 = time.perf_counter()
+                    if self.round % self.eval_plan.every == 0 or self.round == rounds:
+                        self.evaluate_round(clients, backend, record)
+                    record["eval_time_s"] = time.perf_counter() - t0
+                    self.history.append(record)
+                    if rd is not None:
+                        rd.log_round(record)
+                        if self.round % checkpoint_every == 0 or self.round == rounds:
+                            checkpoint.save(rd.checkpoints, self.checkpoint(), keep_checkpoints)
+                    bar.update(1)
+                    bar.set_postfix(_postfix(record), refresh=False)
+                    done_here += 1
+                    if stop_after is not None and done_here >= stop_after:
+                        break
+        finally:
+            bar.close()
+            backend.close()
+            if rd is not None:
+                rd.finish(self.history)
+        return self.history
+
+
+def _postfix(record: Record) -> dict[str, Any]:
+    keys = ("train_loss", "central_accuracy", "central_loss", "federated_accuracy")
+    out: dict[str, Any] = {k: f"{record[k]:.4g}" for k in keys if k in record}
+    if record.get("failed") or record.get("rejected"):
+        out["dropped"] = len(record.get("failed", {})) + len(record.get("rejected", {}))
+    return out

@@ -1,0 +1,26 @@
+"""Server-side checks on every incoming update, before it can touch the aggregate."""
+
+from __future__ import annotations
+
+import torch
+
+from fedforge.client.types import FitResult
+from fedforge.params import Params, Spec
+
+
+def check_update(result: FitResult, template: Params) -> str | None:
+    """Why ``result`` must be left out of the round, or None if it is acceptable."""
+    if not isinstance(result.num_examples, int) or result.num_examples <= 0:
+        return f"num_examples must be a positive integer, got {result.num_examples!r}"
+    update = result.update
+    if not isinstance(update, dict) or not all(isinstance(v, torch.Tensor) for v in update.values()):
+        return "update is not a mapping of names to tensors"
+    if update.keys() == template.keys():
+        update = {k: update[k] for k in template}  # order is not part of the contract
+    why = Spec.of(template).describe_mismatch(Spec.of(update))
+    if why is not None:
+        return f"wrong structure: {why}"
+    for name, t in update.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return f"tensor {name!r} contains NaN or Inf"
+    return None
