@@ -1,0 +1,374 @@
+"""Experiment configuration: TOML or YAML, validated before anything trains.
+
+Every section is a pydantic model that forbids unknown keys, and every
+choice (dataset, partition, model, optimizer) is a tagged variant with only
+its own fields, so a typo or a key that does not belong to the chosen variant
+is an error naming the key and what is allowed. ``--set a.b=c`` overrides are
+applied to the raw document before validation, so they are checked the same.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+class IID(_Strict):
+    kind: Literal["iid"] = "iid"
+
+
+class Dirichlet(_Strict):
+    kind: Literal["dirichlet"] = "dirichlet"
+    alpha: float = Field(0.3, gt=0, allow_inf_nan=False)
+
+
+class Shards(_Strict):
+    kind: Literal["shards"] = "shards"
+    shards_per_client: int = Field(2, ge=1)
+
+
+Partition = Annotated[IID | Dirichlet | Shards, Field(discriminator="kind")]
+
+
+class _Partitioned(_Strict):
+    num_clients: int = Field(10, ge=1)
+    partition: Partition = Field(default_factory=IID)
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class SyntheticLinear(_Partitioned):
+    dataset: Literal["synthetic_linear"] = "synthetic_linear"
+    num_clients: int = Field(2, ge=1)
+    num_examples: int = Field(1000, ge=2)
+    weight: float = 3.0
+    bias: float = 0.0
+    noise: float = Field(0.1, ge=0)
+
+
+class BreastCancer(_Partitioned):
+    dataset: Literal["breast_cancer"] = "breast_cancer"
+    num_clients: int = Field(5, ge=1)  # five hospitals, label-skewed
+    partition: Partition = Field(default_factory=lambda: Dirichlet(alpha=1.0))
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class Digits(_Partitioned):
+    dataset: Literal["digits"] = "digits"
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class FashionMNIST(_Partitioned):
+    dataset: Literal["fashion_mnist"] = "fashion_mnist"
+    num_clients: int = Field(100, ge=1)
+    partition: Partition = Field(default_factory=lambda: Dirichlet(alpha=0.3))
+    path: str | None = None
+
+
+class Shakespeare(_Strict):
+    dataset: Literal["shakespeare"] = "shakespeare"
+    min_chars: int = Field(10_000, ge=1)
+    max_clients: int | None = Field(None, ge=1)
+    seq_len: int = Field(80, ge=1)
+    stride: int = Field(1, ge=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+DataConfig = Annotated[
+    SyntheticLinear | BreastCancer | Digits | FashionMNIST | Shakespeare,
+    Field(discriminator="dataset"),
+]
+
+# --- model --------------------------------------------------------------------------------
+
+
+class LinearModel(_Strict):
+    name: Literal["linear"] = "linear"
+
+
+class LogisticModel(_Strict):
+    name: Literal["logistic"] = "logistic"
+
+
+class MLPModel(_Strict):
+    name: Literal["mlp"] = "mlp"
+    hidden: tuple[int, ...] = (200, 200)
+
+
+class CNNModel(_Strict):
+    name: Literal["cnn"] = "cnn"
+
+
+class CharLSTMModel(_Strict):
+    name: Literal["char_lstm"] = "char_lstm"
+    embed_dim: int = Field(8, ge=1)
+    hidden: int = Field(256, ge=1)
+    layers: int = Field(2, ge=1)
+
+
+ModelConfig = Annotated[
+    LinearModel | LogisticModel | MLPModel | CNNModel | CharLSTMModel,
+    Field(discriminator="name"),
+]
+
+# --- client and server --------------------------------------------------------------------
+
+
+class ClientConfig(_Strict):
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0, allow_inf_nan=False)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(1, ge=1)
+    steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    prox_mu: float = Field(0.0, ge=0)
+
+
+class FedAvgOpt(_Strict):
+    name: Literal["fedavg"] = "fedavg"
+    lr: float = Field(1.0, gt=0)
+
+
+class FedAvgMOpt(_Strict):
+    name: Literal["fedavgm"] = "fedavgm"
+    lr: float = Field(1.0, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class _Adaptive(_Strict):
+    lr: float = Field(0.1, gt=0)
+    tau: float = Field(1e-3, gt=0)
+
+
+class FedAdamOpt(_Adaptive):
+    name: Literal["fedadam"] = "fedadam"
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+
+
+class FedYogiOpt(_Adaptive):
+    name: Literal["fedyogi"] = "fedyogi"
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+
+
+class FedAdagradOpt(_Adaptive):
+    name: Literal["fedadagrad"] = "fedadagrad"
+
+
+ServerOptConfig = Annotated[
+    FedAvgOpt | FedAvgMOpt | FedAdamOpt | FedYogiOpt | FedAdagradOpt,
+    Field(discriminator="name"),
+]
+
+
+class ServerConfig(_Strict):
+    rounds: int = Field(20, ge=1)
+    clients_per_round: int | None = Field(10, ge=1)
+    fraction: float | None = Field(None, gt=0, le=1)
+    min_clients: int = Field(1, ge=1)
+    aggregator: Literal["weighted_mean", "mean", "sum"] = "weighted_mean"
+    optimizer: ServerOptConfig = Field(default_factory=FedAvgOpt)
+    eval_every: int = Field(1, ge=1)
+    central_eval: bool = True
+    federated_eval_clients: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_sampling_rule(self) -> ServerConfig:
+        if self.fraction is not None and "clients_per_round" not in self.model_fields_set:
+            return self.model_copy(update={"clients_per_round": None})
+        if self.fraction is not None and self.clients_per_round is not None:
+            raise ValueError("set either clients_per_round or fraction, not both")
+        if self.fraction is None and self.clients_per_round is None:
+            raise ValueError("set clients_per_round or fraction")
+        return self
+
+
+class BackendConfig(_Strict):
+    kind: Literal["sequential", "processes"] = "sequential"
+    workers: int | None = Field(None, ge=1)
+
+
+class RunConfig(_Strict):
+    dir: str = "runs"
+    checkpoint_every: int = Field(1, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class ExperimentConfig(_Strict):
+    name: str = "fashion-mnist-cnn"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=FashionMNIST)
+    model: ModelConfig = Field(default_factory=CNNModel)
+    client: ClientConfig = Field(default_factory=ClientConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with one line per offending key."""
+
+
+def read_document(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            doc = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            doc = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {p} must end in .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{p} is not valid {p.suffix[1:].upper()}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{p} must hold a mapping at the top level")
+    return doc
+
+
+def apply_overrides(doc: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML scalars) to a copy of ``doc``."""
+    out = json.loads(json.dumps(doc))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def _variants(model: type[BaseModel], name: str) -> list[type[BaseModel]]:
+    ann = model.model_fields[name].annotation
+    return [
+        v for v in getattr(ann, "__args__", (ann,)) if isinstance(v, type) and issubclass(v, BaseModel)
+    ]
+
+
+def _tag_field(variants: list[type[BaseModel]]) -> str | None:
+    for tag in ("dataset", "name", "kind"):
+        if all(tag in v.model_fields for v in variants):
+            return tag
+    return None
+
+
+def _resolve(loc: tuple[Any, ...]) -> tuple[str, type[BaseModel] | None]:
+    """The user-facing key of an error location, and the section model that holds it.
+
+    Pydantic puts the chosen variant's tag into locations inside tagged unions
+    (``data.fashion_mnist.partition.dirichlet.alpha``); the tags are dropped from
+    the key and used to pick the variant.
+    """
+    section: type[BaseModel] | None = ExperimentConfig
+    shown: list[str] = []
+    pending: list[type[BaseModel]] = []
+    for i, part in enumerate(loc):
+        if pending:
+            tag = _tag_field(pending)
+            match = [v for v in pending if tag and v.model_fields[tag].default == part]
+            pending = []
+            if match:
+                section = match[0]
+                continue
+        shown.append(str(part))
+        if i == len(loc) - 1:
+            break
+        if section is None or part not in section.model_fields:
+            section = None
+            continue
+        variants = _variants(section, str(part))
+        section = variants[0] if len(variants) == 1 else None
+        pending = variants if len(variants) > 1 else []
+    return ".".join(shown), section
+
+
+def format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not str(p).startswith(("function-", "tagged-")))
+        key, section = _resolve(loc)
+        if e["type"] == "extra_forbidden":
+            allowed = list(section.model_fields) if section is not None else []
+            hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
+            lines.append(f"{key}: unknown key{hint}")
+        elif e["type"] == "union_tag_invalid":
+            lines.append(f"{key}: {e['msg']}")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{key or 'config'}: {e['msg']}{shown}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _fill_tags(model: type[BaseModel], node: dict[str, Any]) -> None:
+    """Where a section of a tagged variant omits its tag, fill in the default variant's tag.
+
+    So ``--set data.partition.alpha=0.1`` refines the default partition instead of failing
+    with "unable to extract tag".
+    """
+    for name, info in model.model_fields.items():
+        value = node.get(name)
+        if not isinstance(value, dict):
+            continue
+        variants = _variants(model, name)
+        if not variants:
+            continue
+        chosen = variants[0]
+        tag = _tag_field(variants) if len(variants) > 1 else None
+        if tag is not None:
+            default = info.get_default(call_default_factory=True)
+            value.setdefault(tag, getattr(default, tag))
+            chosen = next(
+                (v for v in variants if v.model_fields[tag].default == value[tag]), variants[0]
+            )
+        _fill_tags(chosen, value)
+
+
+def validate(doc: dict[str, Any]) -> ExperimentConfig:
+    doc = json.loads(json.dumps(doc))
+    _fill_tags(ExperimentConfig, doc)
+    try:
+        return ExperimentConfig.model_validate(doc)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err)) from None
+
+
+def load(path: str | Path | None, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """Read ``path`` (or the built-in defaults when None), apply overrides, validate."""
+    doc = read_document(path) if path is not None else {}
+    return validate(apply_overrides(doc, overrides))
+
+
+def dump(cfg: ExperimentConfig) -> str:
+    """The resolved configuration as YAML (what a run directory records)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,255 @@
+"""From a validated ``ExperimentConfig`` to a runnable simulation.
+
+Each config variant maps to its builder by type (``singledispatch``), so a new
+dataset or model is a new variant plus a new registered function.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import singledispatch
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedforge import config as C
+from fedforge import data as D
+from fedforge import models
+from fedforge.aggregate import Aggregator, Mean, Sum, WeightedMean
+from fedforge.backends import Backend, Processes, Sequential
+from fedforge.client import TorchClient, adam, classification, evaluate_model, regression, sgd
+from fedforge.client.tasks import Task
+from fedforge.client.types import EvalResult
+from fedforge.optim import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, ServerOptimizerSpec
+from fedforge.params import ClientId, Params, from_module, load_into
+from fedforge.server import CentralEval, EvalPlan, RunDir, Sampler, Server
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def _parts(cfg: C._Partitioned, labels: Any, n: int, seed: int) -> list[Any]:
+    p = cfg.partition
+    if isinstance(p, C.Dirichlet):
+        return D.dirichlet(labels, cfg.num_clients, p.alpha, seed=seed)
+    if isinstance(p, C.Shards):
+        return D.shards(labels, cfg.num_clients, p.shards_per_client, seed=seed)
+    return D.iid(n, cfg.num_clients, seed=seed)
+
+
+def _federate(
+    cfg: C._Partitioned, train: Any, test: Any, seed: int, classes: int | None
+) -> D.FederatedData:
+    labels = D.partition_labels(train) if classes is not None else None
+    if labels is None and not isinstance(cfg.partition, C.IID):
+        raise C.ConfigError(
+            f"data.partition.kind: {cfg.partition.kind!r} needs class labels; "
+            "a regression dataset allows only 'iid'"
+        )
+    parts = _parts(cfg, labels, len(train), seed)
+    clients = D.split_by_partition(train, parts, eval_fraction=cfg.eval_fraction, seed=seed)
+    shape = tuple(train.tensors[0].shape[1:])
+    return D.FederatedData(clients, test, classes, shape)
+
+
+@singledispatch
+def build_data(cfg: Any, seed: int) -> D.FederatedData:
+    raise TypeError(f"no data builder for {type(cfg).__name__}")
+
+
+@build_data.register
+def _(cfg: C.SyntheticLinear, seed: int) -> D.FederatedData:
+    train = D.synthetic_linear(cfg.num_examples, cfg.weight, cfg.bias, cfg.noise, seed=seed)
+    test = D.synthetic_linear(max(cfg.num_examples // 4, 1), cfg.weight, cfg.bias, 0.0, seed + 1)
+    return _federate(cfg, train, test, seed, None)
+
+
+@build_data.register
+def _(cfg: C.BreastCancer, seed: int) -> D.FederatedData:
+    train, test = D.breast_cancer(cfg.test_fraction, seed=seed)
+    return _federate(cfg, train, test, seed, 2)
+
+
+@build_data.register
+def _(cfg: C.Digits, seed: int) -> D.FederatedData:
+    train, test = D.digits(cfg.test_fraction, seed=seed)
+    return _federate(cfg, train, test, seed, 10)
+
+
+@build_data.register
+def _(cfg: C.FashionMNIST, seed: int) -> D.FederatedData:
+    train, test = D.fashion_mnist(cfg.path)
+    return _federate(cfg, train, test, seed, 10)
+
+
+@build_data.register
+def _(cfg: C.Shakespeare, seed: int) -> D.FederatedData:
+    return D.shakespeare(
+        cfg.min_chars, cfg.max_clients, cfg.seq_len, cfg.stride, cfg.test_fraction, seed=seed
+    )
+
+
+# --- model --------------------------------------------------------------------------------
+
+
+def _flat_features(fd: D.FederatedData) -> int:
+    n = 1
+    for d in fd.input_shape:
+        n *= d
+    return n
+
+
+def _classes(fd: D.FederatedData, model: str) -> int:
+    if fd.num_classes is None:
+        raise C.ConfigError(f"model.name: {model!r} is a classifier but the dataset is regression")
+    return fd.num_classes
+
+
+@singledispatch
+def build_model(cfg: Any, fd: D.FederatedData) -> nn.Module:
+    raise TypeError(f"no model builder for {type(cfg).__name__}")
+
+
+@build_model.register
+def _(cfg: C.LinearModel, fd: D.FederatedData) -> nn.Module:
+    return models.linear_regression(_flat_features(fd), fd.num_classes or 1)
+
+
+@build_model.register
+def _(cfg: C.LogisticModel, fd: D.FederatedData) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), models.logistic_regression(_flat_features(fd), _classes(fd, cfg.name)))
+
+
+@build_model.register
+def _(cfg: C.MLPModel, fd: D.FederatedData) -> nn.Module:
+    return models.mlp(_flat_features(fd), cfg.hidden, _classes(fd, cfg.name))
+
+
+@build_model.register
+def _(cfg: C.CNNModel, fd: D.FederatedData) -> nn.Module:
+    if len(fd.input_shape) != 3:
+        raise C.ConfigError(f"model.name: 'cnn' needs image inputs (C, H, W), got {fd.input_shape}")
+    c, h, _ = fd.input_shape
+    return models.cnn(c, _classes(fd, cfg.name), h)
+
+
+@build_model.register
+def _(cfg: C.CharLSTMModel, fd: D.FederatedData) -> nn.Module:
+    return models.char_lstm(_classes(fd, cfg.name), cfg.embed_dim, cfg.hidden, cfg.layers)
+
+
+# --- server parts -------------------------------------------------------------------------
+
+AGGREGATORS: dict[str, type[Aggregator]] = {
+    "weighted_mean": WeightedMean,
+    "mean": Mean,
+    "sum": Sum,
+}
+
+
+def server_optimizer(cfg: C.ServerOptConfig) -> ServerOptimizerSpec:
+    fields = cfg.model_dump(exclude={"name"})
+    table: dict[str, type[ServerOptimizerSpec]] = {
+        "fedavg": FedAvg,
+        "fedavgm": FedAvgM,
+        "fedadam": FedAdam,
+        "fedyogi": FedYogi,
+        "fedadagrad": FedAdagrad,
+    }
+    return table[cfg.name](**fields)
+
+
+def _client_optimizer(cfg: C.ClientConfig) -> Any:
+    if cfg.optimizer == "adam":
+        return adam(cfg.lr, cfg.weight_decay)
+    return sgd(cfg.lr, cfg.momentum, cfg.weight_decay)
+
+
+@dataclass
+class Simulation:
+    """Everything a configured run needs; ``run`` trains it into ``run_dir``."""
+
+    config: C.ExperimentConfig
+    data: D.FederatedData
+    model: nn.Module
+    task: Task
+    clients: dict[ClientId, TorchClient]
+    server: Server
+    backend: Backend
+
+
+def central_evaluator(model: nn.Module, test: Any, task: Task) -> CentralEval:
+    """Evaluate global parameters on a server-held test set, reusing ``model``'s memory."""
+
+    def evaluate(params: Params) -> EvalResult:
+        load_into(model, params)
+        return evaluate_model(model, test, task)
+
+    return evaluate
+
+
+def build(cfg: C.ExperimentConfig) -> Simulation:
+    torch.manual_seed(cfg.seed)  # model initialisation only; training randomness is derived
+    fd = build_data(cfg.data, cfg.seed)
+    model = build_model(cfg.model, fd)
+    task = classification() if fd.num_classes is not None else regression()
+    opt = _client_optimizer(cfg.client)
+    c = cfg.client
+    clients = {
+        cid: TorchClient(
+            model,
+            cd.train,
+            task,
+            test=cd.test,
+            optimizer=opt,
+            epochs=c.epochs,
+            steps=c.steps,
+            batch_size=c.batch_size,
+            prox_mu=c.prox_mu,
+        )
+        for cid, cd in fd.clients.items()
+    }
+    s = cfg.server
+    sampler = Sampler(
+        per_round=s.clients_per_round, fraction=s.fraction, min_clients=s.min_clients, seed=cfg.seed
+    )
+    sampler.check(len(clients))
+    with_eval = [cid for cid, cd in fd.clients.items() if cd.test is not None]
+    fed = None
+    if s.federated_eval_clients is not None:
+        if len(with_eval) < len(clients):
+            raise C.ConfigError(
+                "server.federated_eval_clients: clients have no evaluation split; "
+                "set data.eval_fraction > 0"
+            )
+        fed = Sampler(per_round=s.federated_eval_clients, seed=cfg.seed + 1)
+        fed.check(len(clients))
+    backend: Backend = (
+        Processes(cfg.backend.workers) if cfg.backend.kind == "processes" else Sequential()
+    )
+    server = Server(
+        from_module(model),
+        sampler=sampler,
+        aggregator=AGGREGATORS[s.aggregator](),
+        optimizer=server_optimizer(s.optimizer),
+        central_eval=(
+            central_evaluator(model, fd.test, task) if s.central_eval and fd.test is not None else None
+        ),
+        eval_plan=EvalPlan(every=s.eval_every, federated=fed),
+        seed=cfg.seed,
+    )
+    return Simulation(cfg, fd, model, task, clients, server, backend)
+
+
+def new_run_dir(cfg: C.ExperimentConfig) -> RunDir:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.run.dir) / f"{cfg.name}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = Path(f"{base}-{n}")
+    rd = RunDir(path)
+    rd.write_config(C.dump(cfg))
+    return rd
