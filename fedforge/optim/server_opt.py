@@ -13,6 +13,7 @@ aggregated update ``delta`` (mean of new - old) is a pseudo-gradient
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -66,7 +67,8 @@ class ServerOptimizer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self._opt is None:
             raise RuntimeError("bind() the server optimizer before loading its state")
-        self._opt.load_state_dict(state)
+        # torch keeps same-dtype tensors by reference; copy so the caller's state cannot alias ours
+        self._opt.load_state_dict(copy.deepcopy(state))
 
 
 def _positive(name: str, value: float) -> None:

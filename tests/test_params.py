@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from fedforge import params as P
+
+
+def _p(a, b):
+    return {"w": torch.tensor(a, dtype=torch.float32), "b": torch.tensor(b, dtype=torch.float32)}
+
+
+def test_add_sub_scale_by_hand():
+    a, b = _p([1.0, 2.0], [3.0]), _p([4.0, 5.0], [6.0])
+    assert P.add(a, b)["w"].tolist() == [5.0, 7.0]
+    assert P.sub(b, a)["b"].tolist() == [3.0]
+    assert P.scale(a, 2.0)["w"].tolist() == [2.0, 4.0]
+    assert a["w"].tolist() == [1.0, 2.0]  # pure: inputs untouched
+
+
+def test_weighted_sum_and_norm():
+    a, b = _p([1.0, 0.0], [0.0]), _p([0.0, 1.0], [2.0])
+    out = P.weighted_sum([a, b], [2.0, 3.0])
+    assert out["w"].tolist() == [2.0, 3.0] and out["b"].tolist() == [6.0]
+    assert P.l2_norm(_p([3.0, 0.0], [4.0])) == pytest.approx(5.0)
+
+
+def test_flatten_unflatten_round_trip_keeps_dtypes():
+    p = {"a": torch.arange(6.0).reshape(2, 3), "h": torch.ones(2, dtype=torch.float16)}
+    vec, spec = P.flatten(p)
+    assert vec.shape == (8,)
+    back = P.unflatten(vec, spec)
+    assert back["a"].equal(p["a"]) and back["h"].dtype == torch.float16
+    with pytest.raises(ValueError, match="does not fit"):
+        P.unflatten(vec[:-1], spec)
+
+
+def test_structure_mismatch_names_the_tensor():
+    with pytest.raises(ValueError, match="'w'"):
+        P.add(_p([1.0, 2.0], [3.0]), {"w": torch.zeros(3), "b": torch.zeros(1)})
+    with pytest.raises(ValueError, match="missing"):
+        P.add(_p([1.0, 2.0], [3.0]), {"w": torch.zeros(2)})
+
+
+def test_is_finite_and_spec_mismatch_reason():
+    assert P.is_finite(_p([1.0, 2.0], [0.0]))
+    assert not P.is_finite(_p([1.0, float("nan")], [0.0]))
+    spec = P.Spec.of(_p([1.0, 2.0], [3.0]))
+    assert spec.describe_mismatch(P.Spec.of(_p([1.0, 2.0], [3.0]))) is None
+    other = {"w": torch.zeros(2, dtype=torch.float64), "b": torch.zeros(1)}
+    assert "dtype" in (spec.describe_mismatch(P.Spec.of(other)) or "")
