@@ -1,8 +1,8 @@
 """The ``fedforge`` command line.
 
-    fedforge simulate [CONFIG] [--set key=value ...]   train a federation in simulation
-    fedforge simulate --resume RUN_DIR                 continue an interrupted run
-    fedforge show RUN_DIR                              the per-round table of a run
+fedforge simulate [CONFIG] [--set key=value ...]   train a federation in simulation
+fedforge simulate --resume RUN_DIR                 continue an interrupted run
+fedforge show RUN_DIR                              the per-round table of a run
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     show = sub.add_parser(
-        "show", help="print the per-round table of a run directory",
+        "show",
+        help="print the per-round table of a run directory",
         description="Print the per-round metrics of a run directory as a table.",
     )
     show.add_argument("run_dir", help="a run directory written by `fedforge simulate`")
@@ -90,8 +91,16 @@ def summary_table(history: History, title: str, max_rows: int = 12) -> None:
         keep = records[::step]
         if keep[-1] is not records[-1]:
             keep = [*keep, records[-1]]
-    cols = ["round", "aggregated", "train_loss", "central_loss", "central_accuracy",
-            "central_mse", "federated_accuracy", "fit_time_s"]
+    cols = [
+        "round",
+        "aggregated",
+        "train_loss",
+        "central_loss",
+        "central_accuracy",
+        "central_mse",
+        "federated_accuracy",
+        "fit_time_s",
+    ]
     cols = [c for c in cols if any(c in r for r in records)]
     table = Table(title=title)
     for c in cols:

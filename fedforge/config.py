@@ -50,7 +50,7 @@ Partition = Annotated[IID | Dirichlet | Shards, Field(discriminator="kind")]
 
 class _Partitioned(_Strict):
     num_clients: int = Field(10, ge=1)
-    partition: Partition = Field(default_factory=IID)
+    partition: Partition = IID()
     eval_fraction: float = Field(0.1, ge=0, lt=1)
 
 
@@ -186,7 +186,7 @@ class ServerConfig(_Strict):
     fraction: float | None = Field(None, gt=0, le=1)
     min_clients: int = Field(1, ge=1)
     aggregator: Literal["weighted_mean", "mean", "sum"] = "weighted_mean"
-    optimizer: ServerOptConfig = Field(default_factory=FedAvgOpt)
+    optimizer: ServerOptConfig = FedAvgOpt()
     eval_every: int = Field(1, ge=1)
     central_eval: bool = True
     federated_eval_clients: int | None = Field(None, ge=1)
@@ -216,12 +216,12 @@ class RunConfig(_Strict):
 class ExperimentConfig(_Strict):
     name: str = "fashion-mnist-cnn"
     seed: int = 0
-    data: DataConfig = Field(default_factory=FashionMNIST)
-    model: ModelConfig = Field(default_factory=CNNModel)
-    client: ClientConfig = Field(default_factory=ClientConfig)
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    backend: BackendConfig = Field(default_factory=BackendConfig)
-    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig = FashionMNIST()
+    model: ModelConfig = CNNModel()
+    client: ClientConfig = ClientConfig()
+    server: ServerConfig = ServerConfig()
+    backend: BackendConfig = BackendConfig()
+    run: RunConfig = RunConfig()
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -271,7 +271,9 @@ def apply_overrides(doc: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
 def _variants(model: type[BaseModel], name: str) -> list[type[BaseModel]]:
     ann = model.model_fields[name].annotation
     return [
-        v for v in getattr(ann, "__args__", (ann,)) if isinstance(v, type) and issubclass(v, BaseModel)
+        v
+        for v in getattr(ann, "__args__", (ann,))
+        if isinstance(v, type) and issubclass(v, BaseModel)
     ]
 
 

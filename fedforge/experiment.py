@@ -7,6 +7,7 @@ dataset or model is a new variant plus a new registered function.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import singledispatch
 from pathlib import Path
@@ -119,7 +120,9 @@ def _(cfg: C.LinearModel, fd: D.FederatedData) -> nn.Module:
 
 @build_model.register
 def _(cfg: C.LogisticModel, fd: D.FederatedData) -> nn.Module:
-    return nn.Sequential(nn.Flatten(), models.logistic_regression(_flat_features(fd), _classes(fd, cfg.name)))
+    return nn.Sequential(
+        nn.Flatten(), models.logistic_regression(_flat_features(fd), _classes(fd, cfg.name))
+    )
 
 
 @build_model.register
@@ -142,7 +145,7 @@ def _(cfg: C.CharLSTMModel, fd: D.FederatedData) -> nn.Module:
 
 # --- server parts -------------------------------------------------------------------------
 
-AGGREGATORS: dict[str, type[Aggregator]] = {
+AGGREGATORS: dict[str, Callable[[], Aggregator]] = {
     "weighted_mean": WeightedMean,
     "mean": Mean,
     "sum": Sum,
@@ -235,7 +238,9 @@ def build(cfg: C.ExperimentConfig) -> Simulation:
         aggregator=AGGREGATORS[s.aggregator](),
         optimizer=server_optimizer(s.optimizer),
         central_eval=(
-            central_evaluator(model, fd.test, task) if s.central_eval and fd.test is not None else None
+            central_evaluator(model, fd.test, task)
+            if s.central_eval and fd.test is not None
+            else None
         ),
         eval_plan=EvalPlan(every=s.eval_every, federated=fed),
         seed=cfg.seed,

@@ -112,9 +112,9 @@ class Spec:
         for n, a, b in zip(self.names, self.shapes, other.shapes, strict=True):
             if a != b:
                 return f"tensor {n!r} has shape {list(b)}, expected {list(a)}"
-        for n, a, b in zip(self.names, self.dtypes, other.dtypes, strict=True):
-            if a != b:
-                return f"tensor {n!r} has dtype {b}, expected {a}"
+        for n, want, got in zip(self.names, self.dtypes, other.dtypes, strict=True):
+            if want != got:
+                return f"tensor {n!r} has dtype {got}, expected {want}"
         return None
 
 

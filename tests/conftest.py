@@ -40,8 +40,12 @@ def classifier_federation(num_clients: int = 6, seed: int = 0):
         x = torch.randn(60, 4, generator=g)
         y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
         clients[f"c{i}"] = ff.TorchClient(
-            model, TensorDataset(x[:48], y[:48]), ff.classification(),
-            test=TensorDataset(x[48:], y[48:]), optimizer=ff.sgd(0.1), batch_size=8,
+            model,
+            TensorDataset(x[:48], y[:48]),
+            ff.classification(),
+            test=TensorDataset(x[48:], y[48:]),
+            optimizer=ff.sgd(0.1),
+            batch_size=8,
         )
     x = torch.randn(200, 4, generator=g)
     test = TensorDataset(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long())

@@ -11,13 +11,28 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-BC = ["--set", "data.dataset=breast_cancer", "--set", "model.name=logistic",
-      "--set", "server.clients_per_round=5", "--set", "client.lr=0.1", "--no-progress"]
+BC = [
+    "--set",
+    "data.dataset=breast_cancer",
+    "--set",
+    "model.name=logistic",
+    "--set",
+    "server.clients_per_round=5",
+    "--set",
+    "client.lr=0.1",
+    "--no-progress",
+]
 
 
 def _fedforge(*args, cwd, **kw):
-    return subprocess.run([sys.executable, "-m", "fedforge.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "fedforge.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
+    )
 
 
 def _run_dir(root: Path) -> Path:
@@ -44,8 +59,12 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
     full = _fedforge("simulate", *BC, *rounds, cwd=a)
     assert full.returncode == 0, full.stderr
 
-    proc = subprocess.Popen([sys.executable, "-m", "fedforge.cli", "simulate", *BC, *rounds],
-                            cwd=b, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedforge.cli", "simulate", *BC, *rounds],
+        cwd=b,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         runs = list((b / "runs").glob("*/checkpoints/round_00000[5-9]"))
@@ -60,8 +79,9 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
 
     resumed = _fedforge("simulate", "--resume", str(cut), "--no-progress", cwd=b)
     assert resumed.returncode == 0, resumed.stderr
-    rounds_logged = [json.loads(x)["round"]
-                     for x in (cut / "metrics.jsonl").read_text().splitlines()]
+    rounds_logged = [
+        json.loads(x)["round"] for x in (cut / "metrics.jsonl").read_text().splitlines()
+    ]
     assert rounds_logged == list(range(1, 41))
     p_full = load_file(str(_run_dir(a) / "checkpoints" / "round_000040" / "params.safetensors"))
     p_cut = load_file(str(cut / "checkpoints" / "round_000040" / "params.safetensors"))

@@ -50,7 +50,9 @@ def test_unknown_variant_lists_the_choices():
 
 
 def test_overrides_parse_types_and_reject_malformed():
-    cfg = C.validate(C.apply_overrides({}, ["server.rounds=7", "model.name=mlp", "model.hidden=[8, 4]"]))
+    cfg = C.validate(
+        C.apply_overrides({}, ["server.rounds=7", "model.name=mlp", "model.hidden=[8, 4]"])
+    )
     assert cfg.server.rounds == 7 and cfg.model.hidden == (8, 4)
     with pytest.raises(C.ConfigError, match="key=value"):
         C.apply_overrides({}, ["server.rounds"])
@@ -73,15 +75,19 @@ def test_toml_and_yaml_files(tmp_path):
 
 def test_more_clients_per_round_than_exist_fails_at_build():
     cfg = C.validate(
-        C.apply_overrides({}, ["data.dataset=breast_cancer", "model.name=logistic",
-                               "server.clients_per_round=6"])
+        C.apply_overrides(
+            {}, ["data.dataset=breast_cancer", "model.name=logistic", "server.clients_per_round=6"]
+        )
     )
     with pytest.raises(ValueError, match="only 5 clients exist"):
         build(cfg)
 
 
 def test_classifier_on_regression_data_is_refused():
-    cfg = C.validate(C.apply_overrides({}, ["data.dataset=synthetic_linear", "model.name=mlp",
-                                            "server.clients_per_round=2"]))
+    cfg = C.validate(
+        C.apply_overrides(
+            {}, ["data.dataset=synthetic_linear", "model.name=mlp", "server.clients_per_round=2"]
+        )
+    )
     with pytest.raises(C.ConfigError, match="regression"):
         build(cfg)

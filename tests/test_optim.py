@@ -70,8 +70,12 @@ def test_optimizer_state_round_trips():
 
 @pytest.mark.parametrize(
     "bad",
-    [lambda: FedAvg(lr=-1).build(), lambda: FedAvgM(momentum=1.0).build(),
-     lambda: FedAdam(tau=0).build(), lambda: FedYogi(beta2=1.5).build()],
+    [
+        lambda: FedAvg(lr=-1).build(),
+        lambda: FedAvgM(momentum=1.0).build(),
+        lambda: FedAdam(tau=0).build(),
+        lambda: FedYogi(beta2=1.5).build(),
+    ],
 )
 def test_bad_hyperparameters_raise(bad):
     with pytest.raises(ValueError):

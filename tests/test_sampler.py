@@ -23,8 +23,14 @@ def test_too_many_per_round_is_refused():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{}, {"per_round": 2, "fraction": 0.5}, {"per_round": 0}, {"fraction": 1.5},
-               {"per_round": 2, "min_clients": 0}]
+    "kwargs",
+    [
+        {},
+        {"per_round": 2, "fraction": 0.5},
+        {"per_round": 0},
+        {"fraction": 1.5},
+        {"per_round": 2, "min_clients": 0},
+    ],
 )
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):

@@ -110,8 +110,11 @@ def test_configuration_errors_before_training():
     with pytest.raises(ValueError, match="no clients"):
         make_server(model, central).run({}, 1, progress=False)
     with pytest.raises(ValueError, match="empty"):
-        ff.TorchClient(model, torch.utils.data.TensorDataset(torch.zeros(0, 1), torch.zeros(0, 1)),
-                       ff.regression())
+        ff.TorchClient(
+            model,
+            torch.utils.data.TensorDataset(torch.zeros(0, 1), torch.zeros(0, 1)),
+            ff.regression(),
+        )
     with pytest.raises(ValueError, match="learning rate"):
         ff.sgd(-0.1)
 

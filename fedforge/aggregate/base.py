@@ -26,7 +26,11 @@ class Accumulator(Protocol):
 
 
 class Aggregator(Protocol):
-    name: str
-    linear: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def linear(self) -> bool:
+        """True if the aggregate is a linear function of the updates (it can stream)."""
 
     def open(self, template: Params) -> Accumulator: ...

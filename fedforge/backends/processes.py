@@ -50,7 +50,11 @@ def _params(path: str) -> Params:
 
 def _fit_task(cid: ClientId, info: RoundInfo, path: str) -> tuple[bytes, int, dict[str, float]]:
     res = _WORKER_CLIENTS[cid].fit(_params(path), info)
-    return save({k: v.contiguous() for k, v in res.update.items()}), res.num_examples, dict(res.metrics)
+    return (
+        save({k: v.contiguous() for k, v in res.update.items()}),
+        res.num_examples,
+        dict(res.metrics),
+    )
 
 
 def _eval_task(cid: ClientId, info: RoundInfo, path: str) -> tuple[float, int, dict[str, float]]:
@@ -94,7 +98,9 @@ class Processes:
         old.unlink(missing_ok=True)
         return str(path)
 
-    def _run(self, jobs: Sequence[Job], task: Any, params: Params) -> Iterator[tuple[ClientId, Any]]:
+    def _run(
+        self, jobs: Sequence[Job], task: Any, params: Params
+    ) -> Iterator[tuple[ClientId, Any]]:
         if self._pool is None:
             raise RuntimeError("backend not started")
         path = self._publish(params)

@@ -25,7 +25,9 @@ class Sequential:
     def start(self, clients: Mapping[ClientId, Client]) -> None:
         self._clients = clients
 
-    def _run(self, jobs: Sequence[Job], call: str, params: Params) -> Iterator[tuple[ClientId, object]]:
+    def _run(
+        self, jobs: Sequence[Job], call: str, params: Params
+    ) -> Iterator[tuple[ClientId, object]]:
         before = torch.get_num_threads()
         for cid, info in jobs:
             if self.threads is not None:

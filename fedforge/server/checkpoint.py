@@ -104,4 +104,3 @@ def load(path: Path, expected: Params | None = None) -> Checkpoint:
     opt_tensors = load_file(str(path / "optimizer.safetensors"))
     optimizer_state = _join_optimizer_state(opt_tensors, doc["optimizer"])
     return Checkpoint(int(doc["round"]), params, optimizer_state, doc["state"])
-

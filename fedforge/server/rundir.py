@@ -1,12 +1,12 @@
 """The run directory: everything a run leaves behind, readable without fedforge.
 
-    RUN_DIR/
-      config.yaml            the resolved configuration
-      metrics.jsonl          one JSON record per round (the source of truth)
-      metrics.csv            the same, as a table
-      tensorboard/           TensorBoard event files
-      plot.png               loss and accuracy per round
-      checkpoints/round_N/   safetensors + JSON (see checkpoint.py)
+RUN_DIR/
+  config.yaml            the resolved configuration
+  metrics.jsonl          one JSON record per round (the source of truth)
+  metrics.csv            the same, as a table
+  tensorboard/           TensorBoard event files
+  plot.png               loss and accuracy per round
+  checkpoints/round_N/   safetensors + JSON (see checkpoint.py)
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ class RunDir:
     def read_config(self) -> str:
         p = self.path / "config.yaml"
         if not p.is_file():
-            raise FileNotFoundError(f"{self.path} has no config.yaml; is it a fedforge run directory?")
+            raise FileNotFoundError(
+                f"{self.path} has no config.yaml; is it a fedforge run directory?"
+            )
         return p.read_text()
 
     def log_round(self, record: Record) -> None:
@@ -66,9 +68,9 @@ class RunDir:
         except ImportError:  # tensorboard is optional at run time
             return
         for k, v in record.items():
-            if isinstance(v, int | float) and not isinstance(v, bool) and k != "round":
-                if math.isfinite(float(v)):
-                    self._tb.add_scalar(k, float(v), record["round"])
+            numeric = isinstance(v, int | float) and not isinstance(v, bool)
+            if numeric and k != "round" and math.isfinite(float(v)):
+                self._tb.add_scalar(k, float(v), record["round"])
         self._tb.flush()
 
     def finish(self, history: History) -> None:

@@ -28,7 +28,7 @@ from fedforge.client.types import Client, EvalResult, RoundInfo
 from fedforge.optim import FedAvg, ServerOptimizerSpec
 from fedforge.params import ClientId, Params, clone, l2_norm, num_bytes
 from fedforge.seeding import derive_seed
-from fedforge.server import checkpoint
+from fedforge.server import checkpoint as ckpts
 from fedforge.server.history import History, Record
 from fedforge.server.rundir import RunDir
 from fedforge.server.sampler import Sampler
@@ -77,13 +77,11 @@ class Server:
 
     # --- checkpointing -------------------------------------------------------------------
 
-    def checkpoint(self) -> checkpoint.Checkpoint:
+    def checkpoint(self) -> ckpts.Checkpoint:
         state = {"history": self.history.records, "feedback": self.feedback, "seed": self.seed}
-        return checkpoint.Checkpoint(
-            self.round, clone(self.params), self.optimizer.state_dict(), state
-        )
+        return ckpts.Checkpoint(self.round, clone(self.params), self.optimizer.state_dict(), state)
 
-    def restore(self, ckpt: checkpoint.Checkpoint) -> None:
+    def restore(self, ckpt: ckpts.Checkpoint) -> None:
         """Continue from ``ckpt`` exactly as if the run had never stopped."""
         if ckpt.state.get("seed", self.seed) != self.seed:
             raise ValueError(
@@ -99,10 +97,10 @@ class Server:
 
     def resume_from(self, run_dir: RunDir) -> bool:
         """Restore the newest checkpoint in ``run_dir``; False if it has none."""
-        found = checkpoint.list_checkpoints(run_dir.checkpoints)
+        found = ckpts.list_checkpoints(run_dir.checkpoints)
         if not found:
             return False
-        self.restore(checkpoint.load(found[-1], expected=self.params))
+        self.restore(ckpts.load(found[-1], expected=self.params))
         run_dir.rewrite_metrics(self.history)
         log.info("resumed from %s (round %d)", found[-1], self.round)
         return True
@@ -168,9 +166,9 @@ class Server:
     ) -> None:
         r = self.round
         if self.central_eval is not None:
-            res = self.central_eval(self.params)
-            record["central_loss"] = res.loss
-            for k, v in res.metrics.items():
+            central = self.central_eval(self.params)
+            record["central_loss"] = central.loss
+            for k, v in central.metrics.items():
                 record[f"central_{k}"] = v
         fed = self.eval_plan.federated
         if fed is not None:
@@ -242,7 +240,7 @@ class Server:
                     if rd is not None:
                         rd.log_round(record)
                         if self.round % checkpoint_every == 0 or self.round == rounds:
-                            checkpoint.save(rd.checkpoints, self.checkpoint(), keep_checkpoints)
+                            ckpts.save(rd.checkpoints, self.checkpoint(), keep_checkpoints)
                     bar.update(1)
                     bar.set_postfix(_postfix(record), refresh=False)
                     done_here += 1

@@ -13,7 +13,9 @@ def check_update(result: FitResult, template: Params) -> str | None:
     if not isinstance(result.num_examples, int) or result.num_examples <= 0:
         return f"num_examples must be a positive integer, got {result.num_examples!r}"
     update = result.update
-    if not isinstance(update, dict) or not all(isinstance(v, torch.Tensor) for v in update.values()):
+    if not isinstance(update, dict) or not all(
+        isinstance(v, torch.Tensor) for v in update.values()
+    ):
         return "update is not a mapping of names to tensors"
     if update.keys() == template.keys():
         update = {k: update[k] for k in template}  # order is not part of the contract
