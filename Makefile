@@ -1,0 +1,29 @@
+# Two entry points that work on a fresh machine (as root, or with sudo for apt):
+#   make demo   install, then run the main job end to end on built-in defaults
+#   make test   install, then lint, type-check and run the test suite
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install data demo test lint
+
+install: data
+	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[dev]"
+
+data:
+	@if [ ! -d $(FMNIST_DIR) ]; then \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+demo: install
+	fedforge simulate
+
+lint:
+	ruff check fedforge tests examples benchmarks
+	mypy fedforge
+
+test: install lint
+	$(PYTHON) -m pytest -q
