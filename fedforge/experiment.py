@@ -31,13 +31,24 @@ from fedforge.server import CentralEval, EvalPlan, RunDir, Sampler, Server
 # --- data ---------------------------------------------------------------------------------
 
 
-def _parts(cfg: C._Partitioned, labels: Any, n: int, seed: int) -> list[Any]:
-    p = cfg.partition
-    if isinstance(p, C.Dirichlet):
-        return D.dirichlet(labels, cfg.num_clients, p.alpha, seed=seed)
-    if isinstance(p, C.Shards):
-        return D.shards(labels, cfg.num_clients, p.shards_per_client, seed=seed)
-    return D.iid(n, cfg.num_clients, seed=seed)
+@singledispatch
+def _split(p: Any, labels: Any, num_items: int, num_clients: int, seed: int) -> list[Any]:
+    raise TypeError(f"no partitioner for {type(p).__name__}")
+
+
+@_split.register
+def _(p: C.IID, labels: Any, num_items: int, num_clients: int, seed: int) -> list[Any]:
+    return D.iid(num_items, num_clients, seed=seed)
+
+
+@_split.register
+def _(p: C.Dirichlet, labels: Any, num_items: int, num_clients: int, seed: int) -> list[Any]:
+    return D.dirichlet(labels, num_clients, p.alpha, seed=seed)
+
+
+@_split.register
+def _(p: C.Shards, labels: Any, num_items: int, num_clients: int, seed: int) -> list[Any]:
+    return D.shards(labels, num_clients, p.shards_per_client, seed=seed)
 
 
 def _federate(
@@ -49,7 +60,7 @@ def _federate(
             f"data.partition.kind: {cfg.partition.kind!r} needs class labels; "
             "a regression dataset allows only 'iid'"
         )
-    parts = _parts(cfg, labels, len(train), seed)
+    parts = _split(cfg.partition, labels, len(train), cfg.num_clients, seed)
     clients = D.split_by_partition(train, parts, eval_fraction=cfg.eval_fraction, seed=seed)
     shape = tuple(train.tensors[0].shape[1:])
     return D.FederatedData(clients, test, classes, shape)
