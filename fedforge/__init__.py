@@ -9,13 +9,14 @@ from fedforge.client import (
     RoundInfo,
     TorchClient,
     adam,
+    central_evaluator,
     classification,
     evaluate_model,
     regression,
     sgd,
 )
 from fedforge.optim import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi
-from fedforge.params import ClientId, Params
+from fedforge.params import ClientId, Params, from_module
 from fedforge.server import EvalPlan, History, RunDir, Sampler, Server
 
 __version__ = "0.1.0"
@@ -44,8 +45,10 @@ __all__ = [
     "TorchClient",
     "WeightedMean",
     "adam",
+    "central_evaluator",
     "classification",
     "evaluate_model",
+    "from_module",
     "regression",
     "sgd",
 ]

@@ -21,12 +21,11 @@ from fedforge import data as D
 from fedforge import models
 from fedforge.aggregate import Aggregator, Mean, Sum, WeightedMean
 from fedforge.backends import Backend, Processes, Sequential
-from fedforge.client import TorchClient, adam, classification, evaluate_model, regression, sgd
+from fedforge.client import TorchClient, adam, central_evaluator, classification, regression, sgd
 from fedforge.client.tasks import Task
-from fedforge.client.types import EvalResult
 from fedforge.optim import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, ServerOptimizerSpec
-from fedforge.params import ClientId, Params, from_module, load_into
-from fedforge.server import CentralEval, EvalPlan, RunDir, Sampler, Server
+from fedforge.params import ClientId, from_module
+from fedforge.server import EvalPlan, RunDir, Sampler, Server
 
 # --- data ---------------------------------------------------------------------------------
 
@@ -192,16 +191,6 @@ class Simulation:
     clients: dict[ClientId, TorchClient]
     server: Server
     backend: Backend
-
-
-def central_evaluator(model: nn.Module, test: Any, task: Task) -> CentralEval:
-    """Evaluate global parameters on a server-held test set, reusing ``model``'s memory."""
-
-    def evaluate(params: Params) -> EvalResult:
-        load_into(model, params)
-        return evaluate_model(model, test, task)
-
-    return evaluate
 
 
 def build(cfg: C.ExperimentConfig) -> Simulation:

@@ -6,8 +6,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 import fedforge as ff
+from fedforge.client import central_evaluator
 from fedforge.data import synthetic_linear
-from fedforge.experiment import central_evaluator
 from fedforge.params import from_module
 
 

@@ -1,7 +1,14 @@
 """Participants: the ``Client`` protocol and ``TorchClient`` for any ``nn.Module``."""
 
 from fedforge.client.tasks import Task, classification, regression
-from fedforge.client.torch_client import OptimizerFactory, TorchClient, adam, evaluate_model, sgd
+from fedforge.client.torch_client import (
+    OptimizerFactory,
+    TorchClient,
+    adam,
+    central_evaluator,
+    evaluate_model,
+    sgd,
+)
 from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo, Scalar
 
 __all__ = [
@@ -14,6 +21,7 @@ __all__ = [
     "Task",
     "TorchClient",
     "adam",
+    "central_evaluator",
     "classification",
     "evaluate_model",
     "regression",

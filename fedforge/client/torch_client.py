@@ -61,6 +61,18 @@ def evaluate_model(
     return EvalResult(loss_sum / n, n, {k: v / n for k, v in sums.items()})
 
 
+def central_evaluator(
+    model: nn.Module, test: Dataset[Any], task: Task, batch_size: int = 512
+) -> Callable[[Params], EvalResult]:
+    """A server-side evaluator of global parameters on a held-out set, reusing ``model``."""
+
+    def evaluate(params: Params) -> EvalResult:
+        load_into(model, params)
+        return evaluate_model(model, test, task, batch_size)
+
+    return evaluate
+
+
 class TorchClient:
     """A participant holding a local dataset and training a (possibly shared) module."""
 
