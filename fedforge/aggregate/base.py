@@ -12,17 +12,21 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from fedforge.params import Params
+from fedforge.params import ClientId, Params
 
 
 class Accumulator(Protocol):
     count: int
 
-    def add(self, update: Params, weight: float) -> None:
+    def add(self, update: Params, weight: float, client: ClientId = "") -> None:
         """Fold one update in; ``weight`` is the participant's example count."""
 
     def result(self) -> Params:
         """The aggregate of everything added; raises ``ValueError`` if nothing was."""
+
+    def report(self) -> dict[ClientId, float]:
+        """Each participant's share of the last ``result`` (0 = excluded); {} if all equal
+        to their weight share, as for linear aggregators, which keep no per-client state."""
 
 
 class Aggregator(Protocol):

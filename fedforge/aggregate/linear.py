@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fedforge.params import Params, add_, scale, zeros_like
+from fedforge.params import ClientId, Params, add_, scale, zeros_like
 
 
 @dataclass
@@ -19,7 +19,7 @@ class _RunningSum:
     count: int = 0
     total_weight: float = 0.0
 
-    def add(self, update: Params, weight: float) -> None:
+    def add(self, update: Params, weight: float, client: ClientId = "") -> None:
         if weight < 0:
             raise ValueError(f"aggregation weight must be >= 0, got {weight}")
         w = float(weight) if self.weighted else 1.0
@@ -35,6 +35,9 @@ class _RunningSum:
         if self.total_weight <= 0:
             raise ValueError("total aggregation weight is 0")
         return scale(self.buffer, 1.0 / self.total_weight)
+
+    def report(self) -> dict[ClientId, float]:
+        return {}
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,7 @@ class Server:
                 rejected[cid] = why
                 continue
             bytes_up += num_bytes(res.update)
-            acc.add(res.update, res.num_examples)
+            acc.add(res.update, res.num_examples, cid)
             if "train_loss" in res.metrics:
                 loss_sum += float(res.metrics["train_loss"]) * res.num_examples
                 loss_weight += res.num_examples
@@ -150,6 +150,9 @@ class Server:
             record["train_loss"] = loss_sum / loss_weight
         if acc.count >= self.sampler.min_clients:
             delta = acc.result()
+            shares = acc.report()
+            if shares:
+                record["aggregator_shares"] = shares
             record["update_norm"] = l2_norm(delta)
             self.params = self.optimizer.step(self.params, delta)
         else:
