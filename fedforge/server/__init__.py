@@ -2,6 +2,7 @@
 
 from fedforge.server.checkpoint import Checkpoint
 from fedforge.server.history import History, Record
+from fedforge.server.plugins import Plugin
 from fedforge.server.rundir import RunDir
 from fedforge.server.sampler import Sampler
 from fedforge.server.server import CentralEval, EvalPlan, Server
@@ -11,6 +12,7 @@ __all__ = [
     "Checkpoint",
     "EvalPlan",
     "History",
+    "Plugin",
     "Record",
     "RunDir",
     "Sampler",

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ class Checkpoint:
     round: int
     params: Params
     optimizer_state: dict[str, Any]
-    state: dict[str, Any]  # JSON-able extras: history, config hash, ...
+    state: dict[str, Any]  # JSON-able extras: history, feedback, seed
+    client_state: dict[str, Tensor] = field(default_factory=dict)  # e.g. error-feedback residuals
 
 
 def _split_optimizer_state(sd: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -65,6 +66,7 @@ def save(folder: Path, ckpt: Checkpoint, keep: int | None = None) -> Path:
     save_file({k: v.contiguous() for k, v in ckpt.params.items()}, str(tmp / "params.safetensors"))
     opt_tensors, opt_meta = _split_optimizer_state(ckpt.optimizer_state)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    save_file(ckpt.client_state, str(tmp / "client_state.safetensors"))
     doc = {"round": ckpt.round, "optimizer": opt_meta, "state": ckpt.state}
     with open(tmp / "state.json", "w") as f:
         json.dump(doc, f)
@@ -103,4 +105,5 @@ def load(path: Path, expected: Params | None = None) -> Checkpoint:
         params = ordered
     opt_tensors = load_file(str(path / "optimizer.safetensors"))
     optimizer_state = _join_optimizer_state(opt_tensors, doc["optimizer"])
-    return Checkpoint(int(doc["round"]), params, optimizer_state, doc["state"])
+    client_state = load_file(str(path / "client_state.safetensors"))
+    return Checkpoint(int(doc["round"]), params, optimizer_state, doc["state"], client_state)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,15 +24,17 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fedforge.aggregate import Aggregator, WeightedMean
 from fedforge.backends import Backend, ClientFailure, Sequential
-from fedforge.client.types import Client, EvalResult, RoundInfo
+from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
 from fedforge.optim import FedAvg, ServerOptimizerSpec
 from fedforge.params import ClientId, Params, clone, l2_norm, num_bytes
 from fedforge.seeding import derive_seed
 from fedforge.server import checkpoint as ckpts
 from fedforge.server.history import History, Record
+from fedforge.server.plugins import Plugin
 from fedforge.server.rundir import RunDir
 from fedforge.server.sampler import Sampler
 from fedforge.server.validate import check_update
+from fedforge.transforms import Context, PayloadError, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ class Server:
         optimizer: ServerOptimizerSpec | None = None,
         central_eval: CentralEval | None = None,
         eval_plan: EvalPlan | None = None,
+        pipeline: Pipeline | None = None,
+        plugins: Sequence[Plugin] = (),
         seed: int = 0,
     ) -> None:
         self.params = clone(params)
@@ -70,6 +74,14 @@ class Server:
         self.optimizer.bind(self.params)
         self.central_eval = central_eval
         self.eval_plan = eval_plan or EvalPlan()
+        self.pipeline = pipeline or Pipeline()
+        self.plugins: list[Plugin] = list(plugins)
+        if isinstance(self.aggregator, Plugin):
+            self.plugins.insert(0, self.aggregator)
+        names = [p.name for p in self.plugins]
+        if len(set(names)) != len(names):
+            raise ValueError(f"plugins need distinct names, got {names}")
+        self.stopped: str | None = None
         self.seed = seed
         self.round = 0
         self.history = History()
@@ -78,8 +90,19 @@ class Server:
     # --- checkpointing -------------------------------------------------------------------
 
     def checkpoint(self) -> ckpts.Checkpoint:
-        state = {"history": self.history.records, "feedback": self.feedback, "seed": self.seed}
-        return ckpts.Checkpoint(self.round, clone(self.params), self.optimizer.state_dict(), state)
+        state = {
+            "history": self.history.records,
+            "feedback": self.feedback,
+            "seed": self.seed,
+            "plugins": {p.name: p.state() for p in self.plugins},
+        }
+        return ckpts.Checkpoint(
+            self.round,
+            clone(self.params),
+            self.optimizer.state_dict(),
+            state,
+            self.pipeline.state_tensors(),
+        )
 
     def restore(self, ckpt: ckpts.Checkpoint) -> None:
         """Continue from ``ckpt`` exactly as if the run had never stopped."""
@@ -94,6 +117,11 @@ class Server:
         self.history = History(list(ckpt.state.get("history", [])))
         self.history.truncate(ckpt.round)
         self.feedback = dict(ckpt.state.get("feedback", {}))
+        self.pipeline.load_state_tensors(ckpt.client_state)
+        saved = ckpt.state.get("plugins", {})
+        for p in self.plugins:
+            if p.name in saved:
+                p.load_state(saved[p.name])
 
     def resume_from(self, run_dir: RunDir) -> bool:
         """Restore the newest checkpoint in ``run_dir``; False if it has none."""
@@ -110,6 +138,28 @@ class Server:
     def _info(self, kind: str, round_: int, cid: ClientId) -> RoundInfo:
         return RoundInfo(round_, derive_seed(self.seed, kind, round_, cid), dict(self.feedback))
 
+    def _receive(self, r: int, cid: ClientId, res: FitResult) -> tuple[Params, int, str | None]:
+        """Carry one update through the pipeline (participant encode, server decode) and
+        validate it. Returns (update, bytes on the wire, reason to leave it out or None)."""
+        why = check_update(res, self.params)
+        if why is not None or not self.pipeline.transforms:
+            return res.update, num_bytes(res.update), why
+        ctx = Context(r, cid, derive_seed(self.seed, "transform", r, cid))
+        payload = self.pipeline.encode(res.update, ctx)
+        try:
+            update = self.pipeline.decode(payload, ctx, self.params)
+        except PayloadError as exc:
+            return res.update, len(payload), f"undecodable update: {exc}"
+        why = check_update(FitResult(update, res.num_examples, res.metrics), self.params)
+        return update, len(payload), why
+
+    def _should_stop(self, round_: int) -> str | None:
+        for p in self.plugins:
+            reason = p.before_round(self, round_)
+            if reason is not None:
+                return f"{p.name}: {reason}"
+        return None
+
     def fit_round(self, clients: Mapping[ClientId, Client], backend: Backend) -> Record:
         r = self.round + 1
         t0 = time.perf_counter()
@@ -125,13 +175,13 @@ class Server:
             if isinstance(res, ClientFailure):
                 failed[cid] = res.reason
                 continue
-            why = check_update(res, self.params)
+            update, size, why = self._receive(r, cid, res)
+            bytes_up += size
             if why is not None:
                 log.warning("round %d: update from %s left out: %s", r, cid, why)
                 rejected[cid] = why
                 continue
-            bytes_up += num_bytes(res.update)
-            acc.add(res.update, res.num_examples, cid)
+            acc.add(update, res.num_examples, cid)
             if "train_loss" in res.metrics:
                 loss_sum += float(res.metrics["train_loss"]) * res.num_examples
                 loss_weight += res.num_examples
@@ -234,11 +284,19 @@ class Server:
         try:
             with logging_redirect_tqdm():
                 while self.round < rounds:
+                    self.stopped = self._should_stop(self.round + 1)
+                    if self.stopped is not None:
+                        log.warning("stopping before round %d: %s", self.round + 1, self.stopped)
+                        if rd is not None:
+                            ckpts.save(rd.checkpoints, self.checkpoint(), keep_checkpoints)
+                        break
                     record = self.fit_round(clients, backend)
                     t0 = time.perf_counter()
                     if self.round % self.eval_plan.every == 0 or self.round == rounds:
                         self.evaluate_round(clients, backend, record)
                     record["eval_time_s"] = time.perf_counter() - t0
+                    for p in self.plugins:
+                        p.after_round(self, record)
                     self.history.append(record)
                     if rd is not None:
                         rd.log_round(record)

@@ -1,0 +1,38 @@
+"""Plugins: features that cut across the round without subclassing the server.
+
+A plugin sees the server before each round (and may stop training with a
+reason, e.g. a privacy budget that the next round would exceed), adds its
+figures to each round's record afterwards (e.g. epsilon so far), and keeps
+JSON state that is saved with every checkpoint (e.g. an adaptive clipping
+bound), so a resumed run continues exactly.
+
+An aggregator that is also a ``Plugin`` (differential privacy's wrappers are)
+is registered automatically.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedforge.server.history import Record
+    from fedforge.server.server import Server
+
+
+class Plugin:
+    """Base class with no-op hooks; override what you need. ``name`` keys the saved state."""
+
+    name: str = "plugin"
+
+    def before_round(self, server: Server, round_: int) -> str | None:
+        """Called before round ``round_`` runs; return a reason to stop instead."""
+        return None
+
+    def after_round(self, server: Server, record: Record) -> None:
+        """Called after the round's fit (and evaluation, if any); may add keys to ``record``."""
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``state`` returned (called when resuming from a checkpoint)."""
