@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the per-round metrics of a run directory as a table.",
     )
     show.add_argument("run_dir", help="a run directory written by `fedforge simulate`")
+    from fedforge.transport.cli_commands import add_parsers
+
+    add_parsers(sub)  # server, client, certs, status
     return p
 
 
@@ -185,7 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     handlers = {"simulate": _simulate, "show": _show}
     try:
-        return handlers[args.command](args)
+        if args.command in handlers:
+            return handlers[args.command](args)
+        return int(args.func(args))
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"fedforge: error: {exc}", file=sys.stderr)
         return 2

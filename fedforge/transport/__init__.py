@@ -1,0 +1,36 @@
+"""Deployment over gRPC: the wire format, the service, TLS and identities, participants.
+
+Server side: a ``Registry`` of connected participants (what ``Server.run`` samples
+from), a ``TransportServer`` that serves it, and ``fedforge.backends.GrpcBackend``
+that sends tasks and gathers results. Participant side: ``connect(client, address, ...)``
+serves any ``Client`` to a server. Wire: protobuf frames (``proto/fedforge.proto``),
+tensors as raw buffers with dtype and shape, in chunks with a SHA-256 per message.
+"""
+
+from fedforge.transport.certs import make_all as make_certs
+from fedforge.transport.certs import revoke
+from fedforge.transport.codec import WireError
+from fedforge.transport.participant import Backoff, ParticipantStats, Refused, connect
+from fedforge.transport.quorum import Quorum
+from fedforge.transport.registry import Registry, RemoteClient
+from fedforge.transport.security import ClientTLS, ServerTLS
+from fedforge.transport.service import Limits, TransportServer
+from fedforge.transport.status import StatusFile
+
+__all__ = [
+    "Backoff",
+    "ClientTLS",
+    "Limits",
+    "ParticipantStats",
+    "Quorum",
+    "Refused",
+    "Registry",
+    "RemoteClient",
+    "ServerTLS",
+    "StatusFile",
+    "TransportServer",
+    "WireError",
+    "connect",
+    "make_certs",
+    "revoke",
+]

@@ -1,0 +1,350 @@
+"""The deployment subcommands: ``fedforge server``, ``client``, ``certs`` and ``status``.
+
+``add_parsers(sub)`` adds them to the ``fedforge`` argument parser; each sets
+``func`` to its handler. ``fedforge server CONFIG`` and ``fedforge client --config CONFIG
+--id N`` build the same federation as ``fedforge simulate CONFIG`` (``experiment.build``):
+the server keeps the model, sampler, aggregator and optimizer; participant N keeps the
+N-th client's data (client ids in sorted order) and never sends it anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _common_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set server.rounds=5 (repeatable)",
+    )
+
+
+def _security(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument(
+        "--certs", metavar="DIR", help="certificates made by `fedforge certs` (mutual TLS)"
+    )
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plain text, no authentication: for tests on one machine only (prints a warning)",
+    )
+
+
+def add_parsers(sub: Any) -> None:
+    """Add server, client, certs and status to ``sub`` (an argparse subparsers action)."""
+    srv = sub.add_parser(
+        "server",
+        help="run a federation server that participants connect to over gRPC",
+        description=(
+            "Serve the federation CONFIG describes: wait for participants (`fedforge client`), "
+            "then train with the same server, aggregator and optimizer as `fedforge simulate`."
+        ),
+    )
+    srv.add_argument("config", nargs="?", help="TOML or YAML experiment file")
+    _common_config(srv)
+    srv.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    srv.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port (default: the previous run's port with --resume, else 0 = any free port)",
+    )
+    srv.add_argument("--port-file", metavar="PATH", help="write the chosen port to PATH")
+    _security(srv)
+    srv.add_argument(
+        "--min-participants",
+        type=int,
+        default=None,
+        help="participants to wait for before the first round (default: all of the config)",
+    )
+    srv.add_argument("--join-timeout", type=float, default=600.0, help="seconds to wait for them")
+    srv.add_argument("--round-timeout", type=float, default=600.0, help="round deadline (s)")
+    srv.add_argument("--chunk-mib", type=float, default=4.0, help="chunk size in MiB (default 4)")
+    srv.add_argument(
+        "--max-message-mib",
+        type=float,
+        default=16384.0,
+        help="largest model/update accepted, in MiB (default 16384)",
+    )
+    srv.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    srv.set_defaults(func=run_server)
+
+    cli = sub.add_parser(
+        "client",
+        help="run one or more participants that connect to a federation server",
+        description="Serve participant(s) of CONFIG to the server at HOST:PORT until training ends.",
+    )
+    cli.add_argument("--server", required=True, metavar="HOST:PORT")
+    cli.add_argument("--config", help="the same experiment file the server uses")
+    _common_config(cli)
+    cli.add_argument(
+        "--id",
+        dest="ids",
+        action="append",
+        required=True,
+        metavar="N",
+        help="participant index (0-based, in client-id order) or client id; "
+        "ranges and lists allowed: --id 0-4, --id 2,5 (repeatable)",
+    )
+    _security(cli)
+    cli.add_argument("--max-attempts", type=int, default=None, help="give up after N failed joins")
+    cli.set_defaults(func=run_client)
+
+    cert = sub.add_parser(
+        "certs",
+        help="make a CA, a server certificate and per-participant certificates",
+        description="Write DIR/ca.pem, DIR/server.pem and DIR/participants/ID.pem (+ keys).",
+    )
+    cert.add_argument("dir", help="output folder")
+    who = cert.add_mutually_exclusive_group()
+    who.add_argument("--config", help="one certificate per participant of this experiment")
+    who.add_argument("--participants", type=int, help="N certificates: client0000 … client{N-1}")
+    who.add_argument("--ids", help="comma-separated participant ids")
+    cert.add_argument("--host", action="append", default=[], help="extra server name/IP (SAN)")
+    cert.add_argument("--revoke", metavar="ID", action="append", default=[], help="revoke ID")
+    cert.set_defaults(func=run_certs)
+
+    st = sub.add_parser(
+        "status",
+        help="show a federation server's state: connected participants, round",
+        description="Read RUN_DIR/federation.json and metrics.jsonl written by `fedforge server`.",
+    )
+    st.add_argument("run_dir")
+    st.set_defaults(func=run_status)
+
+
+# --- handlers ---------------------------------------------------------------------------
+
+
+def _load_config(path: str | None, overrides: list[str], resume: str | None = None) -> Any:
+    from fedforge import config as C
+
+    if resume:
+        import yaml
+
+        from fedforge.server import RunDir
+
+        if path:
+            raise C.ConfigError("give either CONFIG or --resume RUN_DIR, not both")
+        doc = yaml.safe_load(RunDir(resume).read_config())
+        return C.validate(C.apply_overrides(doc if isinstance(doc, dict) else {}, overrides))
+    return C.load(path, overrides)
+
+
+def run_server(args: argparse.Namespace) -> int:
+    from fedforge import config as C
+    from fedforge.backends.grpc_backend import GrpcBackend
+    from fedforge.experiment import build, new_run_dir
+    from fedforge.server import RunDir
+    from fedforge.transport import status
+    from fedforge.transport.quorum import Quorum
+    from fedforge.transport.registry import Registry
+    from fedforge.transport.security import INSECURE_WARNING, ServerTLS
+    from fedforge.transport.service import Limits, TransportServer
+
+    cfg = _load_config(args.config, args.overrides, args.resume)
+    sim = build(cfg)
+    members = sorted(sim.clients)
+    registry = Registry(members)
+    if args.insecure:
+        print(INSECURE_WARNING, file=sys.stderr)
+    port = args.port
+    if port is None and args.resume:
+        try:
+            port = int(status.read(args.resume)["address"].rsplit(":", 1)[1])
+        except (FileNotFoundError, KeyError, ValueError):
+            port = 0
+    limits = Limits(int(args.chunk_mib * 2**20), int(args.max_message_mib * 2**20))
+    server = TransportServer(
+        registry,
+        host=args.host,
+        port=port or 0,
+        tls=None if args.insecure else ServerTLS.from_dir(args.certs),
+        insecure=args.insecure,
+        limits=limits,
+        max_workers=max(64, 2 * len(members) + 32),
+    ).start()
+    if args.port_file:
+        Path(args.port_file).write_text(f"{server.port}\n")
+    print(f"fedforge server listening on {server.address}", file=sys.stderr, flush=True)
+    if args.resume:
+        run_dir = RunDir(args.resume)
+        run_dir.write_config(C.dump(cfg))
+        if sim.server.resume_from(run_dir):
+            print(f"resumed at round {sim.server.round}", file=sys.stderr)
+    else:
+        run_dir = new_run_dir(cfg)
+    print(f"run directory: {run_dir.path}", file=sys.stderr, flush=True)
+    need = args.min_participants or len(members)
+    live = status.StatusFile(run_dir.path, registry, server.address, cfg.server.rounds).start()
+    quorum = Quorum(registry, need, args.join_timeout)
+    sim.server.plugins.extend([quorum, live])
+    try:
+        why = quorum.gather(sim.server)
+        if why is not None:
+            print(f"fedforge server: cannot start: {why}", file=sys.stderr)
+            return 1
+        history = sim.server.run(
+            registry,
+            cfg.server.rounds,
+            backend=GrpcBackend(registry, args.round_timeout),
+            run_dir=run_dir,
+            checkpoint_every=cfg.run.checkpoint_every,
+            keep_checkpoints=cfg.run.keep_checkpoints,
+            progress=not args.no_progress,
+        )
+    finally:
+        live.stop("stopped" if sim.server.stopped else "finished")
+        server.stop()
+    from fedforge.cli import summary_table
+
+    summary_table(history, f"{cfg.name}: {len(history)} rounds")
+    if sim.server.stopped:
+        print(f"stopped early: {sim.server.stopped}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parse_ids(specs: list[str], members: list[str]) -> list[str]:
+    """``["0-2", "5", "client0007"]`` -> client ids, in the order given, without repeats."""
+    out: list[str] = []
+    for spec in specs:
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if part in members:
+                picked = [part]
+            elif "-" in part and all(x.isdigit() for x in part.split("-", 1)):
+                a, b = (int(x) for x in part.split("-", 1))
+                picked = [members[i] for i in range(a, b + 1) if 0 <= i < len(members)]
+                if len(picked) != b - a + 1:
+                    raise ValueError(f"--id {part}: the federation has {len(members)} participants")
+            elif part.isdigit() and int(part) < len(members):
+                picked = [members[int(part)]]
+            else:
+                raise ValueError(f"--id {part}: not an index below {len(members)} nor a client id")
+            out.extend(c for c in picked if c not in out)
+    return out
+
+
+def run_client(args: argparse.Namespace) -> int:
+    from fedforge.experiment import build
+    from fedforge.transport.participant import Backoff, Refused, connect
+    from fedforge.transport.security import INSECURE_WARNING, ClientTLS
+
+    cfg = _load_config(args.config, args.overrides)
+    sim = build(cfg)  # the same data split as the server and the simulation
+    ids = parse_ids(args.ids, sorted(sim.clients))
+    if args.insecure:
+        print(INSECURE_WARNING, file=sys.stderr)
+    lock = threading.Lock()  # participants in this process share one model object
+    stop = threading.Event()
+    errors: dict[str, str] = {}
+
+    def serve(cid: str) -> None:
+        try:
+            stats = connect(
+                sim.clients[cid],
+                args.server,
+                client_id=cid,
+                tls=None if args.insecure else ClientTLS.from_dir(args.certs, cid),
+                insecure=args.insecure,
+                stop=stop,
+                lock=lock,
+                backoff=Backoff(attempts=args.max_attempts),
+                seed=cfg.seed,
+            )
+            log.info("participant %s finished: %s", cid, stats)
+        except (Refused, ConnectionError) as exc:
+            errors[cid] = str(exc)
+            log.error("participant %s: %s", cid, exc)
+
+    threads = [threading.Thread(target=serve, args=(c,), name=f"participant-{c}") for c in ids]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+    except KeyboardInterrupt:
+        stop.set()
+        for t in threads:
+            t.join()
+        return 130
+    if errors:
+        print(f"fedforge client: refused or unreachable: {json.dumps(errors)}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def run_certs(args: argparse.Namespace) -> int:
+    from fedforge.transport import certs
+
+    folder = Path(args.dir)
+    ids: list[str] = []
+    if args.config:
+        from fedforge.experiment import build_data
+
+        cfg = _load_config(args.config, [])
+        ids = sorted(build_data(cfg.data, cfg.seed).clients)
+    elif args.participants is not None:
+        ids = [f"client{i:04d}" for i in range(args.participants)]
+    elif args.ids:
+        ids = [x.strip() for x in args.ids.split(",") if x.strip()]
+    if ids or not args.revoke:
+        certs.make_all(folder, ids, args.host)
+        print(f"wrote CA, server certificate and {len(ids)} participant certificates in {folder}")
+    for cid in args.revoke:
+        certs.revoke(folder, cid)
+        print(f"revoked {cid} (the server re-reads {folder / 'revoked.json'})")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from fedforge.transport import status
+
+    doc = status.read(args.run_dir)
+    metrics = Path(args.run_dir) / "metrics.jsonl"
+    rounds = []
+    if metrics.is_file():
+        rounds = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()][-5:]
+    print(status.render(doc, rounds))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the four subcommands without the main ``fedforge`` entry point."""
+    from fedforge.config import ConfigError
+
+    p = argparse.ArgumentParser(prog="fedforge")
+    p.add_argument("-v", "--verbose", action="store_true")
+    add_parsers(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"fedforge: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""``connect``: serve any ``Client`` to a federation server, from behind NAT.
+
+The participant opens every connection: it joins, keeps one task channel open, trains
+on each task it receives and pushes the result back. When the connection drops (the
+server restarted, the network failed) it joins again with exponential backoff and
+seeded jitter, and is sampled again from then on. A malformed task from the server is
+refused with a logged reason and answered with an error; the participant stays up.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+
+import grpc
+
+from fedforge.backends.base import describe
+from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo, Scalar
+from fedforge.params import ClientId
+from fedforge.seeding import derive_seed
+from fedforge.transport.chunks import Cancelled, Payload, Stray, frames, read_payload
+from fedforge.transport.codec import WireError, parse_specs
+from fedforge.transport.proto import fedforge_pb2 as pb
+from fedforge.transport.proto import fedforge_pb2_grpc as pb_grpc
+from fedforge.transport.security import INSECURE_WARNING, ClientTLS
+from fedforge.transport.service import _GRPC_SLACK, PROTOCOL
+
+log = logging.getLogger(__name__)
+
+
+_REFUSALS = (
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+)
+
+
+class Refused(RuntimeError):
+    """The server refused this participant for good (unknown, revoked, wrong certificate)."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Reconnect delays: ``first * factor**attempt`` capped at ``cap``, times a seeded
+    jitter in [0.5, 1]; give up after ``attempts`` failures in a row (None: never)."""
+
+    first: float = 0.5
+    factor: float = 2.0
+    cap: float = 15.0
+    attempts: int | None = None
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return min(self.cap, self.first * self.factor ** min(attempt, 64)) * (
+            0.5 + 0.5 * rng.random()
+        )
+
+
+@dataclass
+class ParticipantStats:
+    tasks: int = 0
+    failed_tasks: int = 0
+    refused_tasks: int = 0
+    joins: int = 0
+    bytes_down: int = 0
+    bytes_up: int = 0
+    finished: str | None = None  # the server's reason when training ended
+    rounds: list[int] = field(default_factory=list)
+
+
+def _options(h: pb.TaskHeader) -> dict[str, Scalar]:
+    out: dict[str, Scalar] = {}
+    for k, v in h.options.items():
+        which = v.WhichOneof("value")
+        if which is not None:
+            out[k] = getattr(v, which)
+    return out
+
+
+def connect(
+    client: Client,
+    address: str,
+    *,
+    client_id: ClientId,
+    tls: ClientTLS | None = None,
+    insecure: bool = False,
+    stop: threading.Event | None = None,
+    lock: AbstractContextManager[object] | None = None,
+    backoff: Backoff | None = None,
+    max_message_bytes: int = 16 << 30,
+    seed: int = 0,
+) -> ParticipantStats:
+    """Serve ``client`` to the server at ``address`` until training ends (or ``stop``).
+
+    ``lock`` serializes ``fit``/``evaluate`` when several participants in one process share
+    a model. Raises ``Refused`` if the server will not admit this participant.
+    """
+    if tls is None and not insecure:
+        raise ValueError("give tls=ClientTLS(...), or insecure=True for plain text (tests only)")
+    if tls is None:
+        log.warning(INSECURE_WARNING)
+    return _Participant(
+        client,
+        address,
+        client_id,
+        tls,
+        stop or threading.Event(),
+        lock or nullcontext(),
+        backoff or Backoff(),
+        max_message_bytes,
+        random.Random(derive_seed(seed, "backoff", client_id)),
+    ).run()
+
+
+class _Participant:
+    def __init__(
+        self,
+        client: Client,
+        address: str,
+        client_id: ClientId,
+        tls: ClientTLS | None,
+        stop: threading.Event,
+        lock: AbstractContextManager[object],
+        backoff: Backoff,
+        max_message_bytes: int,
+        rng: random.Random,
+    ) -> None:
+        self.client = client
+        self.address = address
+        self.client_id = client_id
+        self.tls = tls
+        self.stop = stop
+        self.lock = lock
+        self.backoff = backoff
+        self.max_message_bytes = max_message_bytes
+        self.rng = rng
+        self.stats = ParticipantStats()
+        self.seq = 0
+
+    def _channel(self, chunk: int) -> grpc.Channel:
+        opts = [
+            ("grpc.max_receive_message_length", chunk + _GRPC_SLACK),
+            ("grpc.max_send_message_length", chunk + _GRPC_SLACK),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        if self.tls is None:
+            return grpc.insecure_channel(self.address, options=opts)
+        return grpc.secure_channel(self.address, self.tls.credentials(), options=opts)
+
+    def run(self) -> ParticipantStats:
+        attempt = 0
+        while not self.stop.is_set():
+            try:
+                if self._session():
+                    return self.stats
+                attempt = 0  # a session that worked resets the backoff
+            except Refused:
+                raise
+            except (grpc.RpcError, WireError) as exc:
+                log.info("participant %s: connection lost (%s)", self.client_id, _why(exc))
+            attempt += 1
+            if self.backoff.attempts is not None and attempt > self.backoff.attempts:
+                raise ConnectionError(
+                    f"participant {self.client_id}: no server at {self.address} after {attempt - 1} attempts"
+                )
+            self.stop.wait(self.backoff.delay(attempt - 1, self.rng))
+        self.stats.finished = self.stats.finished or "stopped"
+        return self.stats
+
+    def _session(self) -> bool:
+        """One session: join, then serve tasks. True when the server ended training."""
+        with self._channel(64 << 20) as channel:
+            stub = pb_grpc.FederationStub(channel)
+            try:
+                welcome = stub.Join(
+                    pb.JoinRequest(client_id=self.client_id, protocol=PROTOCOL), timeout=30
+                )
+            except grpc.RpcError as exc:
+                if exc.code() in (
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                ):
+                    raise Refused(f"{self.client_id}: {exc.details()}") from exc
+                raise
+            self.stats.joins += 1
+            self.max_message_bytes = min(self.max_message_bytes, welcome.max_message_bytes)
+            chunk = int(welcome.chunk_bytes)
+            log.info("participant %s joined %s", self.client_id, self.address)
+            stream = stub.Attend(pb.AttendRequest(session=welcome.session))
+            watcher = threading.Thread(target=self._cancel_on_stop, args=(stream,), daemon=True)
+            watcher.start()
+            try:
+                it = _Pushback(iter(stream))
+                for f in it:
+                    kind = f.WhichOneof("body")
+                    if kind == "ping":
+                        continue
+                    if kind == "done":
+                        self.stats.finished = f.done.reason
+                        log.info(
+                            "participant %s: server says done (%s)", self.client_id, f.done.reason
+                        )
+                        return True
+                    if kind != "task":  # the rest of a refused message: skip to the next header
+                        log.debug("participant %s: skipped a stray %s frame", self.client_id, kind)
+                        continue
+                    self._task(stub, welcome.session, f.task, it, chunk)
+            finally:
+                stream.cancel()
+        return False
+
+    def _cancel_on_stop(self, stream: grpc.Future) -> None:
+        while not self.stop.wait(0.2):
+            if stream.done():
+                return
+        stream.cancel()
+
+    def _task(
+        self,
+        stub: pb_grpc.FederationStub,
+        session: str,
+        h: pb.TaskHeader,
+        it: _Pushback,
+        chunk: int,
+    ) -> None:
+        info = RoundInfo(int(h.round), int(h.seed), dict(h.feedback), _options(h))
+        try:
+            if h.kind not in ("fit", "evaluate"):
+                raise WireError(f"unknown task kind {h.kind!r}")
+            layout = parse_specs(h.tensors, h.payload_bytes, self.max_message_bytes)
+            params = read_payload(it, layout, chunk)
+        except Cancelled:
+            return  # the server gave up on this task (its round ended)
+        except WireError as exc:
+            if isinstance(exc, Stray):
+                it.push(exc.frame)  # a new message began: serve it next
+            self.stats.refused_tasks += 1
+            log.warning("participant %s refused a task: %s", self.client_id, exc)
+            self._push(stub, session, h, chunk, error=f"malformed task: {exc}")
+            return
+        self.stats.bytes_down += layout.total
+        self.stats.tasks += 1
+        self.stats.rounds.append(info.round)
+        try:
+            with self.lock:
+                result: FitResult | EvalResult = (
+                    self.client.fit(params, info)
+                    if h.kind == "fit"
+                    else self.client.evaluate(params, info)
+                )
+        except Exception as exc:  # the participant's failure is reported, not fatal
+            self.stats.failed_tasks += 1
+            log.warning("participant %s: %s failed: %s", self.client_id, h.kind, describe(exc))
+            self._push(stub, session, h, chunk, error=describe(exc))
+            return
+        self._push(stub, session, h, chunk, result=result)
+
+    def _push(
+        self,
+        stub: pb_grpc.FederationStub,
+        session: str,
+        h: pb.TaskHeader,
+        chunk: int,
+        result: FitResult | EvalResult | None = None,
+        error: str = "",
+    ) -> None:
+        self.seq += 1
+        head = pb.ResultHeader(
+            session=session, task_id=h.task_id, seq=self.seq, kind=h.kind, error=error
+        )
+        payload = Payload({})
+        if isinstance(result, FitResult):
+            payload = Payload({k: v.detach().contiguous() for k, v in result.update.items()})
+            head.num_examples = result.num_examples
+            head.metrics.update({k: float(v) for k, v in result.metrics.items()})
+            head.tensors.extend(payload.layout.specs())
+            head.payload_bytes = payload.total
+        elif isinstance(result, EvalResult):
+            head.num_examples = result.num_examples
+            head.loss = float(result.loss)
+            head.metrics.update({k: float(v) for k, v in result.metrics.items()})
+        stream = (
+            iter([pb.Frame(result=head)])
+            if error
+            else frames(pb.Frame(result=head), payload, chunk)
+        )
+        try:
+            ack = stub.PushResult(stream)
+        except grpc.RpcError as exc:
+            if exc.code() not in _REFUSALS:
+                raise
+            log.warning("participant %s: result refused: %s", self.client_id, exc.details())
+            return
+        self.stats.bytes_up += payload.total
+        if not ack.accepted:
+            log.warning("participant %s: result not accepted: %s", self.client_id, ack.reason)
+
+
+class _Pushback:
+    """An iterator of frames that can take one frame back (to resynchronize on a header)."""
+
+    def __init__(self, it: Iterator[pb.Frame]) -> None:
+        self._it = it
+        self._back: list[pb.Frame] = []
+
+    def __iter__(self) -> _Pushback:
+        return self
+
+    def __next__(self) -> pb.Frame:
+        return self._back.pop() if self._back else next(self._it)
+
+    def push(self, frame: pb.Frame) -> None:
+        self._back.append(frame)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else ""
+        return f"{code.name if code else 'error'}: {details}"
+    return str(exc)

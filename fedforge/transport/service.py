@@ -1,0 +1,301 @@
+"""The gRPC service a federation server exposes, and the process-level server around it.
+
+Every refused call is logged with its reason and answered with a gRPC status carrying
+that reason (``PERMISSION_DENIED`` for who is calling, ``INVALID_ARGUMENT`` for what was
+sent, ``FAILED_PRECONDITION`` for calls out of protocol order); nothing a caller sends
+can stop the server or the round.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import NoReturn
+
+import grpc
+
+from fedforge.backends.base import ClientFailure
+from fedforge.client.types import EvalResult, FitResult
+from fedforge.transport.chunks import DEFAULT_CHUNK, Cancelled, frames, read_payload
+from fedforge.transport.codec import WireError, describe_mismatch, parse_specs
+from fedforge.transport.proto import fedforge_pb2 as pb
+from fedforge.transport.proto import fedforge_pb2_grpc as pb_grpc
+from fedforge.transport.registry import Refusal, Registry, Session, Task
+from fedforge.transport.security import Revocations, ServerTLS, peer_identity
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = 1
+_GRPC_SLACK = 1 << 20  # room for a frame's own fields around a chunk
+
+
+@dataclass(frozen=True)
+class Limits:
+    chunk_bytes: int = DEFAULT_CHUNK
+    max_message_bytes: int = 16 << 30  # one model or update; refuse larger before allocating
+    ping_every: float = 5.0  # keep-alive on idle task channels (seconds)
+
+    def __post_init__(self) -> None:
+        if self.chunk_bytes < 1 or self.max_message_bytes < 1 or self.ping_every <= 0:
+            raise ValueError(f"transport limits must be positive, got {self}")
+
+
+def _task_frame(t: Task) -> pb.Frame:
+    opts: dict[str, pb.Scalar] = {}
+    for k, v in t.info.options.items():
+        if isinstance(v, bool):
+            opts[k] = pb.Scalar(b=v)
+        elif isinstance(v, int):
+            opts[k] = pb.Scalar(i=v)
+        elif isinstance(v, float):
+            opts[k] = pb.Scalar(f=v)
+        else:
+            opts[k] = pb.Scalar(s=str(v))
+    return pb.Frame(
+        task=pb.TaskHeader(
+            task_id=t.id,
+            kind=t.kind,
+            round=t.info.round,
+            seed=t.info.seed,
+            feedback=dict(t.info.feedback),
+            options=opts,
+            tensors=t.payload.layout.specs(),
+            payload_bytes=t.payload.total,
+        )
+    )
+
+
+class FederationService(pb_grpc.FederationServicer):
+    def __init__(self, registry: Registry, limits: Limits, tls: ServerTLS | None = None) -> None:
+        self.registry = registry
+        self.limits = limits
+        self.mutual = tls is not None and tls.require_client_cert
+        self.revoked = Revocations(tls.revoked if tls else None)
+        self.refusals = 0
+        self._count_lock = threading.Lock()
+
+    # --- refusal helpers -----------------------------------------------------------------
+
+    def _refuse(
+        self, ctx: grpc.ServicerContext, rpc: str, code: grpc.StatusCode, why: str
+    ) -> NoReturn:
+        with self._count_lock:
+            self.refusals += 1
+        log.warning("refused %s from %s: %s", rpc, ctx.peer(), why)
+        ctx.abort(code, why)
+        raise AssertionError("grpc abort returned")  # abort always raises
+
+    def _identity(self, ctx: grpc.ServicerContext, claimed: str) -> str:
+        """Who is calling: the certificate's name under mutual TLS, else the claim."""
+        if self.mutual:
+            cn = peer_identity(ctx)
+            if cn is None:
+                raise Refusal("no verified client certificate")
+            if claimed and claimed != cn:
+                raise Refusal(f"claims to be {claimed!r} but its certificate names {cn!r}")
+            who = cn
+        else:
+            who = claimed
+        if not who:
+            raise Refusal("no participant id given")
+        if who in self.revoked:
+            raise Refusal(f"participant {who!r} is revoked")
+        return who
+
+    def _session(self, ctx: grpc.ServicerContext, sid: str) -> Session:
+        s = self.registry.session(sid)
+        self._identity(ctx, s.client)  # the caller must be the session's owner, still valid
+        return s
+
+    # --- RPCs ---------------------------------------------------------------------------
+
+    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.Welcome:
+        try:
+            if request.protocol != PROTOCOL:
+                raise WireError(f"protocol {request.protocol} not supported (server: {PROTOCOL})")
+            who = self._identity(context, request.client_id)
+            s = self.registry.join(who)
+        except Refusal as exc:
+            self._refuse(context, "Join", grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except WireError as exc:
+            self._refuse(context, "Join", grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return pb.Welcome(
+            session=s.id,
+            client_id=who,
+            chunk_bytes=self.limits.chunk_bytes,
+            max_message_bytes=self.limits.max_message_bytes,
+        )
+
+    def Attend(
+        self, request: pb.AttendRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Frame]:
+        try:
+            s = self._session(context, request.session)
+            self.registry.attach(s)
+        except Refusal as exc:
+            code = (
+                grpc.StatusCode.UNAUTHENTICATED
+                if "unknown session" in str(exc) or "session ended" in str(exc)
+                else grpc.StatusCode.PERMISSION_DENIED
+            )
+            self._refuse(context, "Attend", code, str(exc))
+        context.add_callback(lambda: self.registry.detach(s, "connection closed"))
+        try:
+            while context.is_active():
+                try:
+                    task = s.outbox.get(timeout=self.limits.ping_every)
+                except queue.Empty:
+                    yield pb.Frame(ping=pb.Ping())
+                    continue
+                if task is None:
+                    yield pb.Frame(done=pb.Done(reason=s.closed or "session closed"))
+                    return
+                if task.done:
+                    continue
+                yield from self._send(task)
+        finally:
+            self.registry.detach(s, "task channel ended")
+
+    def _send(self, task: Task) -> Iterator[pb.Frame]:
+        task.sending += 1
+        try:
+            for f in frames(
+                _task_frame(task), task.payload, self.limits.chunk_bytes, lambda: task.done
+            ):
+                if f.WhichOneof("body") == "chunk":
+                    task.sent_bytes += len(f.chunk.data)
+                yield f
+        finally:
+            task.sending -= 1
+
+    def PushResult(
+        self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext
+    ) -> pb.Ack:
+        task: Task | None = None
+        try:
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("body") != "result":
+                got = first.WhichOneof("body") if first is not None else "nothing"
+                raise _OutOfOrder(f"a result must start with a ResultHeader, got {got}")
+            h = first.result
+            s = self._session(context, h.session)
+            task = self.registry.claim(s, h.task_id, h.seq, h.kind)
+            outcome = self._read_result(task, h, request_iterator)
+        except _OutOfOrder as exc:
+            self._refuse(context, "PushResult", grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except Refusal as exc:
+            self._refuse(context, "PushResult", grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except Cancelled:
+            outcome = ClientFailure("participant cancelled its result")
+        except WireError as exc:
+            # The task's own participant sent a malformed result: fail that task, not the round.
+            if task is not None:
+                self.registry.resolve(task, ClientFailure(f"malformed result: {exc}"))
+            self._refuse(context, "PushResult", grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except grpc.RpcError:
+            raise  # abort() above, or the caller went away
+        except Exception as exc:  # never let one participant's message take the server down
+            if task is not None:
+                self.registry.resolve(task, ClientFailure(f"result could not be read: {exc!r}"))
+            self._refuse(context, "PushResult", grpc.StatusCode.INTERNAL, f"unreadable: {exc!r}")
+        assert task is not None  # every path without a claimed task aborted above
+        if not self.registry.resolve(task, outcome):
+            return pb.Ack(accepted=False, reason="the task had already ended (deadline passed?)")
+        return pb.Ack(accepted=True)
+
+    def _read_result(
+        self, task: Task, h: pb.ResultHeader, rest: Iterator[pb.Frame]
+    ) -> FitResult | EvalResult | ClientFailure:
+        if h.error:
+            _expect_end(rest)
+            return ClientFailure(f"participant reported: {h.error[:500]}")
+        metrics = dict(h.metrics)
+        if task.kind == "evaluate":
+            if h.tensors or h.payload_bytes:
+                raise WireError("an evaluation result carries no tensors")
+            _expect_trailer(rest)
+            return EvalResult(float(h.loss), int(h.num_examples), metrics)
+        layout = parse_specs(h.tensors, h.payload_bytes, self.limits.max_message_bytes)
+        why = describe_mismatch(task.template, layout)
+        if why is not None:
+            raise WireError(f"update does not match the model: {why}")
+        tensors = read_payload(rest, layout, self.limits.chunk_bytes)
+        task.received_bytes = layout.total
+        _expect_end(rest)
+        update = {n: tensors[n] for n in task.template.names}
+        return FitResult(update, int(h.num_examples), metrics)
+
+
+class _OutOfOrder(WireError):
+    pass
+
+
+def _expect_trailer(rest: Iterator[pb.Frame]) -> None:
+    f = next(rest, None)
+    if f is None or f.WhichOneof("body") != "trailer":
+        raise WireError("message ended without its trailer")
+    _expect_end(rest)
+
+
+def _expect_end(rest: Iterator[pb.Frame]) -> None:
+    extra = next(rest, None)
+    if extra is not None:
+        raise WireError(f"unexpected {extra.WhichOneof('body') or 'empty'} frame after the message")
+
+
+class TransportServer:
+    """A gRPC server on ``host:port`` (port 0: the OS picks; read ``.port`` after start)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: ServerTLS | None = None,
+        insecure: bool = False,
+        limits: Limits | None = None,
+        max_workers: int = 256,
+    ) -> None:
+        if tls is None and not insecure:
+            raise ValueError("give TLS credentials, or insecure=True for plain text (tests only)")
+        self.registry = registry
+        self.limits = limits or Limits()
+        self.service = FederationService(registry, self.limits, tls)
+        frame_max = self.limits.chunk_bytes + _GRPC_SLACK
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedforge-grpc"),
+            options=[
+                ("grpc.max_receive_message_length", frame_max),
+                ("grpc.max_send_message_length", frame_max),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ],
+        )
+        pb_grpc.add_FederationServicer_to_server(self.service, self._server)
+        addr = f"{host}:{port}"
+        if tls is None:
+            self.port = self._server.add_insecure_port(addr)
+        else:
+            self.port = self._server.add_secure_port(addr, tls.credentials())
+        if self.port == 0:
+            raise OSError(f"cannot listen on {addr}")
+        self.host = host
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> TransportServer:
+        self._server.start()
+        log.info("federation server listening on %s", self.address)
+        return self
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.registry.finish("server stopped")
+        self._server.stop(grace).wait()
