@@ -161,8 +161,20 @@ def _simulate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     summary_table(history, f"{cfg.name}: {len(history)} rounds")
+    _print_reputation(history)
+    if sim.server.stopped:
+        print(f"stopped early: {sim.server.stopped}", file=sys.stderr)
     print(f"metrics, plot and checkpoints in {run_dir.path}", file=sys.stderr)
     return 0
+
+
+def _print_reputation(history: History) -> None:
+    """Who was rejected, excluded or down-weighted, when anyone was."""
+    from fedforge.aggregate import Reputation, reputation_table
+
+    if any(r.get("rejected") or r.get("aggregator_shares") for r in history):
+        print("\nparticipants flagged by validation or the aggregator:")
+        print(reputation_table(Reputation.from_history(history), limit=20))
 
 
 def _yaml(text: str) -> dict[str, object]:
@@ -174,7 +186,9 @@ def _yaml(text: str) -> dict[str, object]:
 
 def _show(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
-    summary_table(_read_history(run_dir), str(run_dir), max_rows=10_000)
+    history = _read_history(run_dir)
+    summary_table(history, str(run_dir), max_rows=10_000)
+    _print_reputation(history)
     return 0
 
 

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -180,16 +187,86 @@ ServerOptConfig = Annotated[
 ]
 
 
+class WeightedMeanAgg(_Strict):
+    name: Literal["weighted_mean"] = "weighted_mean"
+
+
+class MeanAgg(_Strict):
+    name: Literal["mean"] = "mean"
+
+
+class SumAgg(_Strict):
+    name: Literal["sum"] = "sum"
+
+
+class MedianAgg(_Strict):
+    name: Literal["median"] = "median"
+
+
+class TrimmedMeanAgg(_Strict):
+    name: Literal["trimmed_mean"] = "trimmed_mean"
+    beta: float = Field(0.1, ge=0, lt=0.5)
+
+
+class KrumAgg(_Strict):
+    name: Literal["krum"] = "krum"
+    f: int = Field(1, ge=0)
+
+
+class MultiKrumAgg(_Strict):
+    name: Literal["multi_krum"] = "multi_krum"
+    f: int = Field(1, ge=0)
+    m: int | None = Field(None, ge=1)
+
+
+class BulyanAgg(_Strict):
+    name: Literal["bulyan"] = "bulyan"
+    f: int = Field(1, ge=0)
+
+
+class GeometricMedianAgg(_Strict):
+    name: Literal["geometric_median"] = "geometric_median"
+    nu: float = Field(1e-6, gt=0)
+    max_iter: int = Field(100, ge=1)
+    tol: float = Field(1e-6, gt=0)
+
+
+class NormClipAgg(_Strict):
+    name: Literal["norm_clip"] = "norm_clip"
+    bound: float = Field(1.0, gt=0, allow_inf_nan=False)
+
+
+AggregatorConfig = Annotated[
+    WeightedMeanAgg
+    | MeanAgg
+    | SumAgg
+    | MedianAgg
+    | TrimmedMeanAgg
+    | KrumAgg
+    | MultiKrumAgg
+    | BulyanAgg
+    | GeometricMedianAgg
+    | NormClipAgg,
+    Field(discriminator="name"),
+]
+
+
 class ServerConfig(_Strict):
     rounds: int = Field(20, ge=1)
     clients_per_round: int | None = Field(10, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)
     min_clients: int = Field(1, ge=1)
-    aggregator: Literal["weighted_mean", "mean", "sum"] = "weighted_mean"
+    aggregator: AggregatorConfig = WeightedMeanAgg()
+    update_norm_bound: float | None = Field(None, gt=0, allow_inf_nan=False)
     optimizer: ServerOptConfig = FedAvgOpt()
     eval_every: int = Field(1, ge=1)
     central_eval: bool = True
     federated_eval_clients: int | None = Field(None, ge=1)
+
+    @field_validator("aggregator", mode="before")
+    @classmethod
+    def _aggregator_by_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v  # aggregator = "median" is enough
 
     @model_validator(mode="after")
     def _one_sampling_rule(self) -> ServerConfig:

@@ -19,7 +19,20 @@ from torch import nn
 from fedforge import config as C
 from fedforge import data as D
 from fedforge import models
-from fedforge.aggregate import Aggregator, Mean, Sum, WeightedMean
+from fedforge.aggregate import (
+    Aggregator,
+    Bulyan,
+    CoordinateMedian,
+    GeometricMedian,
+    Krum,
+    Mean,
+    MultiKrum,
+    NormBound,
+    NormClip,
+    Sum,
+    TrimmedMean,
+    WeightedMean,
+)
 from fedforge.backends import Backend, Processes, Sequential
 from fedforge.client import TorchClient, adam, central_evaluator, classification, regression, sgd
 from fedforge.client.tasks import Task
@@ -155,11 +168,22 @@ def _(cfg: C.CharLSTMModel, fd: D.FederatedData) -> nn.Module:
 
 # --- server parts -------------------------------------------------------------------------
 
-AGGREGATORS: dict[str, Callable[[], Aggregator]] = {
+AGGREGATORS: dict[str, Callable[..., Aggregator]] = {
     "weighted_mean": WeightedMean,
     "mean": Mean,
     "sum": Sum,
+    "median": CoordinateMedian,
+    "trimmed_mean": TrimmedMean,
+    "krum": Krum,
+    "multi_krum": MultiKrum,
+    "bulyan": Bulyan,
+    "geometric_median": GeometricMedian,
+    "norm_clip": NormClip,
 }
+
+
+def aggregator(cfg: C.AggregatorConfig) -> Aggregator:
+    return AGGREGATORS[cfg.name](**cfg.model_dump(exclude={"name"}))
 
 
 def server_optimizer(cfg: C.ServerOptConfig) -> ServerOptimizerSpec:
@@ -235,7 +259,8 @@ def build(cfg: C.ExperimentConfig) -> Simulation:
     server = Server(
         from_module(model),
         sampler=sampler,
-        aggregator=AGGREGATORS[s.aggregator](),
+        aggregator=aggregator(s.aggregator),
+        update_bound=NormBound(s.update_norm_bound) if s.update_norm_bound else None,
         optimizer=server_optimizer(s.optimizer),
         central_eval=(
             central_evaluator(model, fd.test, task)

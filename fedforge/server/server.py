@@ -22,7 +22,13 @@ from typing import Any
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from fedforge.aggregate import Aggregator, WeightedMean
+from fedforge.aggregate import (
+    Aggregator,
+    NormBound,
+    WeightedMean,
+    check_participants,
+    min_participants,
+)
 from fedforge.backends import Backend, ClientFailure, Sequential
 from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
 from fedforge.optim import FedAvg, ServerOptimizerSpec
@@ -65,6 +71,7 @@ class Server:
         eval_plan: EvalPlan | None = None,
         pipeline: Pipeline | None = None,
         plugins: Sequence[Plugin] = (),
+        update_bound: NormBound | None = None,
         seed: int = 0,
     ) -> None:
         self.params = clone(params)
@@ -82,6 +89,7 @@ class Server:
         if len(set(names)) != len(names):
             raise ValueError(f"plugins need distinct names, got {names}")
         self.stopped: str | None = None
+        self.update_bound = update_bound
         self.seed = seed
         self.round = 0
         self.history = History()
@@ -176,6 +184,8 @@ class Server:
                 failed[cid] = res.reason
                 continue
             update, size, why = self._receive(r, cid, res)
+            if why is None and self.update_bound is not None:
+                why = self.update_bound.check(update)
             bytes_up += size
             if why is not None:
                 log.warning("round %d: update from %s left out: %s", r, cid, why)
@@ -198,7 +208,8 @@ class Server:
             record["rejected"] = rejected
         if loss_weight:
             record["train_loss"] = loss_sum / loss_weight
-        if acc.count >= self.sampler.min_clients:
+        need = max(self.sampler.min_clients, min_participants(self.aggregator))
+        if acc.count >= need:
             delta = acc.result()
             shares = acc.report()
             if shares:
@@ -207,7 +218,9 @@ class Server:
             self.params = self.optimizer.step(self.params, delta)
         else:
             record["skipped"] = (
-                f"only {acc.count} usable updates, fewer than min_clients={self.sampler.min_clients}"
+                f"only {acc.count} usable updates; this round needs {need} "
+                f"(min_clients={self.sampler.min_clients}, {self.aggregator.name} needs "
+                f"{min_participants(self.aggregator)})"
             )
             log.warning("round %d: global model unchanged: %s", r, record["skipped"])
         self.round = r
@@ -272,6 +285,7 @@ class Server:
         if not clients:
             raise ValueError("no clients: a federation needs at least one participant")
         self.sampler.check(len(clients))
+        check_participants(self.aggregator, self.sampler.count(len(clients)))
         if self.eval_plan.federated is not None:
             self.eval_plan.federated.check(len(clients))
         rd = run_dir if isinstance(run_dir, RunDir) or run_dir is None else RunDir(run_dir)
