@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 install: data
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,privacy]"
 
 data:
 	@if [ ! -d $(FMNIST_DIR) ]; then \

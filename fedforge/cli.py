@@ -102,6 +102,7 @@ def summary_table(history: History, title: str, max_rows: int = 12) -> None:
         "central_accuracy",
         "central_mse",
         "federated_accuracy",
+        "epsilon",
         "fit_time_s",
     ]
     cols = [c for c in cols if any(c in r for r in records)]

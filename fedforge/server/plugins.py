@@ -24,6 +24,10 @@ class Plugin:
 
     name: str = "plugin"
 
+    def check(self, server: Server) -> None:
+        """Raise ``ValueError`` if this plugin cannot work with the server's configuration
+        (called once, when the server is built, so errors come before any training)."""
+
     def before_round(self, server: Server, round_: int) -> str | None:
         """Called before round ``round_`` runs; return a reason to stop instead."""
         return None

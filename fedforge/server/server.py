@@ -90,6 +90,8 @@ class Server:
             raise ValueError(f"plugins need distinct names, got {names}")
         self.stopped: str | None = None
         self.update_bound = update_bound
+        for p in self.plugins:
+            p.check(self)
         self.seed = seed
         self.round = 0
         self.history = History()
@@ -330,7 +332,7 @@ class Server:
 
 
 def _postfix(record: Record) -> dict[str, Any]:
-    keys = ("train_loss", "central_accuracy", "central_loss", "federated_accuracy")
+    keys = ("train_loss", "central_accuracy", "central_loss", "federated_accuracy", "epsilon")
     out: dict[str, Any] = {k: f"{record[k]:.4g}" for k in keys if k in record}
     if record.get("failed") or record.get("rejected"):
         out["dropped"] = len(record.get("failed", {})) + len(record.get("rejected", {}))
