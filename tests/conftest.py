@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.utils.data import TensorDataset
 
@@ -9,6 +11,11 @@ import fedforge as ff
 from fedforge.client import central_evaluator
 from fedforge.data import synthetic_linear
 from fedforge.params import from_module
+
+# Tests use tiny models, where torch's intra-op threads only add spinning (and stall badly
+# on a loaded machine). One thread here and in every subprocess a test starts.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 def linear_federation(num_clients: int = 2, seed: int = 0, lr: float = 0.1):

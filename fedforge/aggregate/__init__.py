@@ -1,6 +1,6 @@
 """Aggregators: how the server combines participants' updates."""
 
-from fedforge.aggregate.base import Accumulator, Aggregator
+from fedforge.aggregate.base import Accumulator, AggregationAborted, Aggregator
 from fedforge.aggregate.bulyan import Bulyan, bulyan
 from fedforge.aggregate.coordinatewise import (
     CoordinateMedian,
@@ -18,6 +18,7 @@ from fedforge.aggregate.stacked import StackedAccumulator, StackedRule
 
 __all__ = [
     "Accumulator",
+    "AggregationAborted",
     "Aggregator",
     "Bulyan",
     "CoordinateMedian",

@@ -15,6 +15,12 @@ from typing import Protocol
 from fedforge.params import ClientId, Params
 
 
+class AggregationAborted(ValueError):
+    """An accumulator could not produce this round's aggregate (e.g. secure aggregation lost
+    too many participants to unmask); the message says why. The server skips the round with
+    the model unchanged and goes on."""
+
+
 class Accumulator(Protocol):
     count: int
 

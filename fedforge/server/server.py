@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fedforge.aggregate import (
+    AggregationAborted,
     Aggregator,
     NormBound,
     WeightedMean,
@@ -211,20 +212,23 @@ class Server:
         if loss_weight:
             record["train_loss"] = loss_sum / loss_weight
         need = max(self.sampler.min_clients, min_participants(self.aggregator))
-        if acc.count >= need:
+        try:
+            if acc.count < need:
+                raise AggregationAborted(
+                    f"only {acc.count} usable updates; this round needs {need} "
+                    f"(min_clients={self.sampler.min_clients}, {self.aggregator.name} needs "
+                    f"{min_participants(self.aggregator)})"
+                )
             delta = acc.result()
+        except AggregationAborted as exc:
+            record["skipped"] = f"aggregation aborted: {exc}"
+            log.warning("round %d: global model unchanged: %s", r, exc)
+        else:
             shares = acc.report()
             if shares:
                 record["aggregator_shares"] = shares
             record["update_norm"] = l2_norm(delta)
             self.params = self.optimizer.step(self.params, delta)
-        else:
-            record["skipped"] = (
-                f"only {acc.count} usable updates; this round needs {need} "
-                f"(min_clients={self.sampler.min_clients}, {self.aggregator.name} needs "
-                f"{min_participants(self.aggregator)})"
-            )
-            log.warning("round %d: global model unchanged: %s", r, record["skipped"])
         self.round = r
         record["fit_time_s"] = time.perf_counter() - t0
         return record
