@@ -10,6 +10,7 @@ from safetensors.torch import load, save
 
 from fedforge.params import ClientId, Params, Spec
 from fedforge.transforms.base import Context, PayloadError, Tensors, Transform
+from fedforge.transforms.order import validate_order
 
 
 class Pipeline:
@@ -18,6 +19,7 @@ class Pipeline:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"transform listed twice: {sorted(dup)}")
+        validate_order(transforms)
         self.transforms = tuple(transforms)
         self._state: dict[ClientId, dict[str, dict[str, torch.Tensor]]] = {}
 
