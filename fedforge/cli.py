@@ -75,6 +75,30 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_COLUMNS = {  # record key -> short column header
+    "round": "round",
+    "aggregated": "agg",
+    "train_loss": "train loss",
+    "central_loss": "test loss",
+    "central_accuracy": "test acc",
+    "central_mse": "test mse",
+    "federated_accuracy": "fed acc",
+    "epsilon": "epsilon",
+    "bytes_up": "up",
+    "bytes_down": "down",
+    "fit_time_s": "fit s",
+}
+
+
+def _bytes(v: object) -> str:
+    if not isinstance(v, int | float):
+        return ""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if v >= size:
+            return f"{v / size:.3g} {unit}"
+    return f"{int(v)} B"
+
+
 def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -94,25 +118,15 @@ def summary_table(history: History, title: str, max_rows: int = 12) -> None:
         keep = records[::step]
         if keep[-1] is not records[-1]:
             keep = [*keep, records[-1]]
-    cols = [
-        "round",
-        "aggregated",
-        "train_loss",
-        "central_loss",
-        "central_accuracy",
-        "central_mse",
-        "federated_accuracy",
-        "epsilon",
-        "fit_time_s",
-    ]
-    cols = [c for c in cols if any(c in r for r in records)]
+    cols = [c for c in _COLUMNS if any(c in r for r in records)]
     table = Table(title=title)
     for c in cols:
-        table.add_column(c, justify="right")
+        table.add_column(_COLUMNS[c], justify="right")
     table.add_column("dropped", justify="right")
     for r in keep:
         dropped = len(r.get("failed", {})) + len(r.get("rejected", {}))
-        table.add_row(*[_fmt(r.get(c)) for c in cols], str(dropped))
+        cells = [_bytes(r.get(c)) if c.startswith("bytes") else _fmt(r.get(c)) for c in cols]
+        table.add_row(*cells, str(dropped))
     Console(stderr=False).print(table)
 
 

@@ -135,6 +135,57 @@ ModelConfig = Annotated[
     Field(discriminator="name"),
 ]
 
+# --- update compression ------------------------------------------------------------------
+
+
+class CastT(_Strict):
+    kind: Literal["cast"] = "cast"
+    dtype: Literal["float16", "bfloat16"] = "float16"
+
+
+class QuantizeT(_Strict):
+    kind: Literal["quantize"] = "quantize"
+    bits: int = Field(8, ge=1, le=8)  # 16 bits: kind = "cast"
+    block: int | None = Field(None, ge=1)
+
+
+class TopKT(_Strict):
+    kind: Literal["topk"] = "topk"
+    fraction: float = Field(0.01, gt=0, le=1)
+
+
+class RandomKT(_Strict):
+    kind: Literal["randomk"] = "randomk"
+    fraction: float = Field(0.01, gt=0, le=1)
+    unbiased: bool = False
+
+
+class ZstdT(_Strict):
+    kind: Literal["zstd"] = "zstd"
+    level: int = Field(3, ge=1, le=22)
+
+
+LossyConfig = Annotated[CastT | QuantizeT | TopKT | RandomKT | ZstdT, Field(discriminator="kind")]
+
+
+class ErrorFeedbackT(_Strict):
+    kind: Literal["error_feedback"] = "error_feedback"
+    inner: list[LossyConfig] = Field(min_length=1)
+
+
+TransformConfig = Annotated[
+    CastT | QuantizeT | TopKT | RandomKT | ZstdT | ErrorFeedbackT, Field(discriminator="kind")
+]
+
+
+class CompressionConfig(_Strict):
+    """``[[compression.uplink]]`` tables in encode order; ``downlink`` the same for the broadcast."""
+
+    uplink: list[TransformConfig] = []
+    downlink: list[TransformConfig] | None = None  # None: float32 model to every participant
+    downlink_keep: int = Field(8, ge=0)
+
+
 # --- client and server --------------------------------------------------------------------
 
 
@@ -299,6 +350,7 @@ class ExperimentConfig(_Strict):
     server: ServerConfig = ServerConfig()
     backend: BackendConfig = BackendConfig()
     run: RunConfig = RunConfig()
+    compression: CompressionConfig = CompressionConfig()
 
 
 # --- loading ------------------------------------------------------------------------------

@@ -39,6 +39,17 @@ from fedforge.client.tasks import Task
 from fedforge.optim import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, ServerOptimizerSpec
 from fedforge.params import ClientId, from_module
 from fedforge.server import EvalPlan, RunDir, Sampler, Server
+from fedforge.transforms import (
+    Broadcast,
+    Cast,
+    ErrorFeedback,
+    Pipeline,
+    Quantize,
+    RandomK,
+    TopK,
+    Transform,
+    Zstd,
+)
 
 # --- data ---------------------------------------------------------------------------------
 
@@ -204,6 +215,48 @@ def _client_optimizer(cfg: C.ClientConfig) -> Any:
     return sgd(cfg.lr, cfg.momentum, cfg.weight_decay)
 
 
+@singledispatch
+def build_transform(cfg: Any) -> Transform:
+    raise TypeError(f"no transform builder for {type(cfg).__name__}")
+
+
+@build_transform.register
+def _(cfg: C.CastT) -> Transform:
+    return Cast(cfg.dtype)
+
+
+@build_transform.register
+def _(cfg: C.QuantizeT) -> Transform:
+    return Quantize(cfg.bits, cfg.block)
+
+
+@build_transform.register
+def _(cfg: C.TopKT) -> Transform:
+    return TopK(cfg.fraction)
+
+
+@build_transform.register
+def _(cfg: C.RandomKT) -> Transform:
+    return RandomK(cfg.fraction, cfg.unbiased)
+
+
+@build_transform.register
+def _(cfg: C.ZstdT) -> Transform:
+    return Zstd(cfg.level)
+
+
+@build_transform.register
+def _(cfg: C.ErrorFeedbackT) -> Transform:
+    return ErrorFeedback(*(build_transform(t) for t in cfg.inner))
+
+
+def build_pipeline(cfgs: list[Any], key: str) -> Pipeline:
+    try:
+        return Pipeline([build_transform(t) for t in cfgs])
+    except ValueError as exc:  # an order that cannot be decoded, named by its key
+        raise C.ConfigError(f"{key}: {exc}") from exc
+
+
 @dataclass
 class Simulation:
     """Everything a configured run needs; ``run`` trains it into ``run_dir``."""
@@ -268,6 +321,16 @@ def build(cfg: C.ExperimentConfig) -> Simulation:
             else None
         ),
         eval_plan=EvalPlan(every=s.eval_every, federated=fed),
+        pipeline=build_pipeline(cfg.compression.uplink, "compression.uplink"),
+        broadcast=(
+            Broadcast(
+                build_pipeline(cfg.compression.downlink, "compression.downlink"),
+                keep=cfg.compression.downlink_keep,
+                seed=cfg.seed,
+            )
+            if cfg.compression.downlink is not None
+            else None
+        ),
         seed=cfg.seed,
     )
     return Simulation(cfg, fd, model, task, clients, server, backend)

@@ -41,9 +41,11 @@ from fedforge.server.plugins import Plugin
 from fedforge.server.rundir import RunDir
 from fedforge.server.sampler import Sampler
 from fedforge.server.validate import check_update
-from fedforge.transforms import Context, PayloadError, Pipeline
+from fedforge.transforms import Broadcast, Context, PayloadError, Pipeline
 
 log = logging.getLogger(__name__)
+
+_BROADCAST = "\x1ebroadcast\x1f"  # prefix of the downlink's state among the client state
 
 CentralEval = Callable[[Params], EvalResult]
 
@@ -71,6 +73,7 @@ class Server:
         central_eval: CentralEval | None = None,
         eval_plan: EvalPlan | None = None,
         pipeline: Pipeline | None = None,
+        broadcast: Broadcast | None = None,
         plugins: Sequence[Plugin] = (),
         update_bound: NormBound | None = None,
         seed: int = 0,
@@ -83,6 +86,7 @@ class Server:
         self.central_eval = central_eval
         self.eval_plan = eval_plan or EvalPlan()
         self.pipeline = pipeline or Pipeline()
+        self.broadcast = broadcast  # None: every participant gets the float32 model
         self.plugins: list[Plugin] = list(plugins)
         if isinstance(self.aggregator, Plugin):
             self.plugins.insert(0, self.aggregator)
@@ -107,12 +111,12 @@ class Server:
             "seed": self.seed,
             "plugins": {p.name: p.state() for p in self.plugins},
         }
+        client_state = self.pipeline.state_tensors()
+        if self.broadcast is not None:
+            down = self.broadcast.state_tensors()
+            client_state.update({_BROADCAST + k: v for k, v in down.items()})
         return ckpts.Checkpoint(
-            self.round,
-            clone(self.params),
-            self.optimizer.state_dict(),
-            state,
-            self.pipeline.state_tensors(),
+            self.round, clone(self.params), self.optimizer.state_dict(), state, client_state
         )
 
     def restore(self, ckpt: ckpts.Checkpoint) -> None:
@@ -128,7 +132,15 @@ class Server:
         self.history = History(list(ckpt.state.get("history", [])))
         self.history.truncate(ckpt.round)
         self.feedback = dict(ckpt.state.get("feedback", {}))
-        self.pipeline.load_state_tensors(ckpt.client_state)
+        cs = ckpt.client_state
+        self.pipeline.load_state_tensors(
+            {k: v for k, v in cs.items() if not k.startswith(_BROADCAST)}
+        )
+        if self.broadcast is not None:
+            n = len(_BROADCAST)
+            self.broadcast.load_state_tensors(
+                {k[n:]: v for k, v in cs.items() if k.startswith(_BROADCAST)}
+            )
         saved = ckpt.state.get("plugins", {})
         for p in self.plugins:
             if p.name in saved:
@@ -180,9 +192,15 @@ class Server:
         failed: dict[str, str] = {}
         rejected: dict[str, str] = {}
         loss_sum, loss_weight = 0.0, 0
-        down = num_bytes(self.params)
+        if self.broadcast is not None:
+            # Participants hold the broadcast reference (lossy downlink); their updates are
+            # relative to it and the server still steps its own params (DoubleSqueeze-style).
+            sent = self.broadcast.publish(self.params, self.round)
+            bytes_down = sum(self.broadcast.send(cid).nbytes for cid in sampled)
+        else:
+            sent, bytes_down = self.params, num_bytes(self.params) * len(sampled)
         bytes_up = 0
-        for cid, res in backend.fit(jobs, self.params):
+        for cid, res in backend.fit(jobs, sent):
             if isinstance(res, ClientFailure):
                 failed[cid] = res.reason
                 continue
@@ -202,7 +220,7 @@ class Server:
             "round": r,
             "sampled": len(sampled),
             "aggregated": acc.count,
-            "bytes_down": down * len(sampled),
+            "bytes_down": bytes_down,
             "bytes_up": bytes_up,
         }
         if failed:
@@ -338,6 +356,7 @@ class Server:
 def _postfix(record: Record) -> dict[str, Any]:
     keys = ("train_loss", "central_accuracy", "central_loss", "federated_accuracy", "epsilon")
     out: dict[str, Any] = {k: f"{record[k]:.4g}" for k in keys if k in record}
+    out["up_MB"] = f"{record['bytes_up'] / 1e6:.3g}"
     if record.get("failed") or record.get("rejected"):
         out["dropped"] = len(record.get("failed", {})) + len(record.get("rejected", {}))
     return out
