@@ -1,5 +1,5 @@
 # Two entry points that work on a fresh machine (as root, or with sudo for apt):
-#   make demo   install, then run the main job end to end on built-in defaults
+#   make demo   install, then run the main job (federated LoRA on SmolLM2) on its defaults
 #   make test   install, then lint, type-check and run the test suite
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
@@ -21,7 +21,7 @@ data:
 	fi
 
 demo: install
-	fedforge simulate
+	$(PYTHON) examples/llm_shakespeare.py
 
 lint:
 	ruff check fedforge tests examples benchmarks

@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--targets", default="q_proj,v_proj", help="comma-separated module names")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
+    p.add_argument(
+        "--server-lr",
+        type=float,
+        default=1.0,
+        help="FedAvg server learning rate on the mean adapter delta (1 = plain FedAvg)",
+    )
     p.add_argument("--ffa", action="store_true", help="FFA-LoRA: freeze A, send only B")
     p.add_argument("--scale", type=int, default=1, help="multiply rounds and local steps")
     p.add_argument("--skip-baselines", action="store_true", help="federated run only")
@@ -143,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     server = ff.Server(
         p0,
         sampler=ff.Sampler(per_round=len(clients), seed=args.seed),
+        optimizer=ff.FedAvg(lr=args.server_lr),
         central_eval=evaluate,
         eval_plan=ff.EvalPlan(every=rounds),
         seed=args.seed,
