@@ -307,6 +307,7 @@ class ServerConfig(_Strict):
     clients_per_round: int | None = Field(10, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)
     min_clients: int = Field(1, ge=1)
+    over_select: float = Field(1.0, ge=1.0, allow_inf_nan=False)
     aggregator: AggregatorConfig = WeightedMeanAgg()
     update_norm_bound: float | None = Field(None, gt=0, allow_inf_nan=False)
     optimizer: ServerOptConfig = FedAvgOpt()

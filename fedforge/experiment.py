@@ -293,7 +293,11 @@ def build(cfg: C.ExperimentConfig) -> Simulation:
     }
     s = cfg.server
     sampler = Sampler(
-        per_round=s.clients_per_round, fraction=s.fraction, min_clients=s.min_clients, seed=cfg.seed
+        per_round=s.clients_per_round,
+        fraction=s.fraction,
+        min_clients=s.min_clients,
+        over_select=s.over_select,
+        seed=cfg.seed,
     )
     sampler.check(len(clients))
     with_eval = [cid for cid, cd in fd.clients.items() if cd.test is not None]

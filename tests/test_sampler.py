@@ -35,3 +35,10 @@ def test_too_many_per_round_is_refused():
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         Sampler(**kwargs)
+
+
+def test_over_selection_asks_for_more_but_never_more_than_exist():
+    assert len(Sampler(per_round=10, over_select=1.3).sample(1, IDS)) == 13
+    assert len(Sampler(per_round=18, over_select=1.3).sample(1, IDS)) == 20
+    with pytest.raises(ValueError, match="over_select"):
+        Sampler(per_round=2, over_select=0.5)

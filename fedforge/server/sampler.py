@@ -24,6 +24,9 @@ class Sampler:
     fraction: float | None = None
     min_clients: int = 1
     seed: int = 0
+    # Ask this many times more participants than needed, so that the round still has
+    # enough when some drop or straggle (Bonawitz et al. 2019 over-select by ~130 %).
+    over_select: float = 1.0
 
     def __post_init__(self) -> None:
         if (self.per_round is None) == (self.fraction is None):
@@ -34,6 +37,8 @@ class Sampler:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.min_clients < 1:
             raise ValueError(f"min_clients must be >= 1, got {self.min_clients}")
+        if not self.over_select >= 1.0:
+            raise ValueError(f"over_select must be >= 1, got {self.over_select}")
 
     def count(self, available: int) -> int:
         if self.per_round is not None:
@@ -41,7 +46,10 @@ class Sampler:
         else:
             assert self.fraction is not None
             k = int(np.ceil(self.fraction * available))
-        return max(k, self.min_clients)
+        k = max(k, self.min_clients)
+        if self.over_select > 1.0:
+            k = max(k, min(available, int(np.ceil(k * self.over_select))))
+        return k
 
     def check(self, available: int) -> None:
         """Raise before training if the federation is too small for this sampler."""
