@@ -27,7 +27,6 @@ import torch
 import fedforge as ff
 from fedforge.data import synthetic_linear
 from fedforge.models import linear_regression
-from fedforge.params import load_into
 
 TRUE_WEIGHT = 3.0
 TRUE_BIAS = 0.0
@@ -58,7 +57,7 @@ def least_squares(datasets: list[torch.utils.data.TensorDataset]) -> tuple[float
     return float(sol[0, 0]), float(sol[1, 0])
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def main(argv: list[str] | None = None) -> dict[str, float | None]:
     args = parse_args(argv)
     torch.set_num_threads(1)  # a two-parameter model: extra threads only add overhead
     torch.manual_seed(args.seed)  # the model's initial weights only
@@ -98,16 +97,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"test_mse (noise-free) {r['central_mse']:.2e}"
         )
 
-    load_into(model, server.params)
-    weight = float(model.weight.detach().reshape(()))
-    bias = float(model.bias.detach().reshape(()))
+    weight = float(server.params["weight"].reshape(()))  # nn.Linear(1, 1): y = w x + b
+    bias = float(server.params["bias"].reshape(()))
     ls_weight, ls_bias = least_squares(local)
     print()
     print(f"{'':22s}{'weight':>10s}{'bias':>10s}")
     print(f"{'true':22s}{TRUE_WEIGHT:10.4f}{TRUE_BIAS:10.4f}")
     print(f"{'federated (learned)':22s}{weight:10.4f}{bias:10.4f}")
     print(f"{'pooled least squares':22s}{ls_weight:10.4f}{ls_bias:10.4f}")
-    print(f"|learned - true| weight = {abs(weight - TRUE_WEIGHT):.4f}, bias = {abs(bias - TRUE_BIAS):.4f}")
+    print(
+        f"|learned - true| weight = {abs(weight - TRUE_WEIGHT):.4f}, bias = {abs(bias - TRUE_BIAS):.4f}"
+    )
 
     result = {
         "rounds": len(history),

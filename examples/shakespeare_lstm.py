@@ -46,7 +46,7 @@ import torch
 from torch.utils.data import Subset
 
 import fedforge as ff
-from fedforge.data import VOCAB, decode, shakespeare
+from fedforge.data import VOCAB, NextCharConcat, decode, shakespeare
 from fedforge.models import char_lstm
 from fedforge.params import load_into
 
@@ -58,7 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, default=30, help="federated rounds")
     p.add_argument(
-        "--clients", type=int, default=20,
+        "--clients",
+        type=int,
+        default=20,
         help="number of speaking roles drawn (at most 137 at --min-chars 10000)",
     )
     p.add_argument("--per-round", type=int, default=4, help="roles sampled each round")
@@ -67,36 +69,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seq-len", type=int, default=80, help="characters read per prediction")
     p.add_argument(
-        "--stride", type=int, default=1,
+        "--stride",
+        type=int,
+        default=1,
         help="characters between consecutive windows (train and held-out)",
     )
     p.add_argument("--steps", type=int, default=25, help="local optimizer steps per round")
     p.add_argument("--batch-size", type=int, default=10, help="windows per local step")
     p.add_argument(
-        "--optimizer", choices=("adam", "sgd"), default="adam",
+        "--optimizer",
+        choices=("adam", "sgd"),
+        default="adam",
         help="local optimizer (a fresh one each round); plain SGD needs far more rounds",
     )
     p.add_argument(
-        "--lr", type=float, default=None,
+        "--lr",
+        type=float,
+        default=None,
         help="local learning rate (default: 0.005 for adam, LEAF's 0.8 for sgd)",
     )
     p.add_argument("--hidden", type=int, default=256, help="LSTM units per layer")
     p.add_argument("--layers", type=int, default=2, help="LSTM layers")
     p.add_argument(
-        "--eval-windows", type=int, default=500,
+        "--eval-windows",
+        type=int,
+        default=500,
         help="held-out windows evaluated after each round (0: all of them)",
     )
     p.add_argument(
-        "--backend", choices=("sequential", "processes"), default="processes",
+        "--backend",
+        choices=("sequential", "processes"),
+        default="processes",
         help="processes: a pool of single-threaded workers, one per core (fastest on a CPU); "
         "sequential: one client at a time in this process (bit-reproducible, easy to debug)",
     )
     p.add_argument(
-        "--workers", type=int, default=None,
+        "--workers",
+        type=int,
+        default=None,
         help="worker processes for --backend processes (default: one per CPU core)",
     )
     p.add_argument(
-        "--threads", type=int, default=None,
+        "--threads",
+        type=int,
+        default=None,
         help="torch intra-op threads in this process (default: torch's choice)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for roles, model and training")
@@ -123,17 +139,20 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     fd = shakespeare(
         args.min_chars, args.clients, args.seq_len, args.stride, test_fraction=0.2, seed=args.seed
     )
-    assert fd.test is not None
-    held_out = fd.test
-    if 0 < args.eval_windows < len(held_out):
-        pick = np.random.default_rng(args.seed).choice(len(held_out), args.eval_windows, replace=False)
-        held_out = Subset(fd.test, np.sort(pick).tolist())
-    targets = torch.stack([y for _, y in held_out.__getitems__(list(range(len(held_out))))])
+    assert isinstance(fd.test, NextCharConcat)  # every role's held-out windows, concatenated
+    total = len(fd.test)
+    if 0 < args.eval_windows < total:
+        rng = np.random.default_rng(args.seed)
+        pick = np.sort(rng.choice(total, args.eval_windows, replace=False)).tolist()
+    else:
+        pick = list(range(total))
+    held_out = Subset(fd.test, pick)
+    targets = torch.stack([y for _, y in fd.test.__getitems__(pick)])  # (windows,)
     majority_id = int(targets.bincount(minlength=len(VOCAB)).argmax())
     majority_acc = float((targets == majority_id).float().mean())
     print(f"Shakespeare: {fd.summary()}")
     print(
-        f"evaluating on {len(held_out)} held-out windows; majority-class baseline "
+        f"evaluating on {len(pick)} held-out windows; majority-class baseline "
         f"(always {VOCAB[majority_id]!r}): {majority_acc:.4f}"
     )
 
@@ -211,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "backend": args.backend,
         "clients": len(fd.clients),
         "per_round": args.per_round,
-        "eval_windows": len(held_out),
+        "eval_windows": len(pick),
         "continuation": continuation,
     }
     print("RESULT " + json.dumps(result))

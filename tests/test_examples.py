@@ -23,7 +23,15 @@ from fedforge.data.fashion_mnist import ENV_VAR, resolve_dir
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
-SCRIPTS = sorted(EXAMPLES.glob("*.py"))
+SCRIPTS = [
+    EXAMPLES / name
+    for name in (
+        "linear_regression.py",
+        "healthcare_breast_cancer.py",
+        "fashion_mnist_cnn.py",
+        "shakespeare_lstm.py",
+    )
+]
 TIMEOUT_S = 170
 
 
@@ -49,12 +57,7 @@ def run_example(name: str, *args: str) -> dict[str, Any]:
 
 
 def test_every_example_has_help() -> None:
-    assert {p.name for p in SCRIPTS} >= {
-        "linear_regression.py",
-        "healthcare_breast_cancer.py",
-        "fashion_mnist_cnn.py",
-        "shakespeare_lstm.py",
-    }
+    assert all(p.is_file() for p in SCRIPTS)
     # Started together: each pays for importing torch, none trains.
     procs = {
         p.name: subprocess.Popen(
@@ -104,8 +107,8 @@ def test_fashion_mnist_cnn_learns_in_two_small_rounds() -> None:
     )
     assert res["rounds"] == 2
     assert len(res["accuracy_per_round"]) == 2
-    # Measured 0.319 then 0.437 (seed 0); chance is 0.1.
-    assert res["accuracy"] > 0.3, res
+    # Measured 0.319 then 0.437 (seed 0; seeds 1-3 reach 0.278-0.420); chance is 0.1.
+    assert res["accuracy"] > 0.25, res
 
 
 def test_shakespeare_lstm_beats_the_majority_class() -> None:
@@ -127,7 +130,8 @@ def test_shakespeare_lstm_beats_the_majority_class() -> None:
     )
     assert res["rounds"] == 10
     assert res["clients"] == 4 and res["eval_windows"] == 300
-    # Measured 0.263 against a majority-class baseline of 0.167 (seed 0).
+    # Measured 0.263 against a majority-class baseline of 0.167 (seed 0; seeds 1-3 beat
+    # their baselines by 0.07-0.14).
     assert res["accuracy"] > res["majority_baseline"] + 0.03, res
 
 
