@@ -185,3 +185,25 @@ def test_gradient_checkpointing_gives_the_same_update(blocks):
             LLMClient(model, b.train, training=plan).fit(adapter_params(model), RoundInfo(1, 4))
         )
     assert all(torch.allclose(out[0].update[k], out[1].update[k], atol=1e-6) for k in out[0].update)
+
+
+def test_update_of_another_rank_is_left_out_with_what_to_do(blocks):
+    """A participant that trained a rank-2 adapter and sends it anyway is left out by the
+    server's validation, and the reason points at FLoRA stacking."""
+    model, clients, _ = _federation(blocks, LoraSpec(rank=4), steps=1)
+    other = attach_lora(tiny_llama(hidden_size=32, layers=2, seed=0), LoraSpec(rank=2))
+    rank2 = {k: torch.full_like(v, 0.01) for k, v in adapter_params(other).items()}
+
+    class OtherRank:
+        def fit(self, params, info):
+            return ff.FitResult(rank2, 8)
+
+        def evaluate(self, params, info):
+            raise NotImplementedError
+
+    clients["IAGO"] = OtherRank()
+    server = ff.Server(adapter_params(model), sampler=ff.Sampler(per_round=3, seed=0), seed=0)
+    rec = server.run(clients, rounds=1, progress=False).last
+    assert rec["aggregated"] == 2
+    reason = rec["rejected"]["IAGO"]
+    assert "wrong structure" in reason and "FloraSimulation" in reason

@@ -21,6 +21,12 @@ def check_update(result: FitResult, template: Params) -> str | None:
         update = {k: update[k] for k in template}  # order is not part of the contract
     why = Spec.of(template).describe_mismatch(Spec.of(update))
     if why is not None:
+        if any(".lora_" in k for k in update):
+            why += (
+                "; an adapter of another rank or shape needs an aggregator for heterogeneous "
+                "ranks (FLoRA stacking: fedforge.llm.FloraSimulation), or give every "
+                "participant the global LoraSpec"
+            )
         return f"wrong structure: {why}"
     for name, t in update.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
