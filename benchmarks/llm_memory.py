@@ -107,6 +107,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--steps", type=int, default=1, help="local steps per participant")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="also write the table as Markdown to this file")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child is not None:
@@ -154,6 +155,50 @@ def main() -> None:
         "growth_in_adapters": per_participant / first["adapter_bytes"],
     }
     print("RESULT " + json.dumps(summary, sort_keys=True))
+    if args.out:
+        _write_markdown(args, rows, summary)
+
+
+def _write_markdown(
+    args: argparse.Namespace, rows: list[dict[str, Any]], s: dict[str, Any]
+) -> None:
+    import platform
+
+    first = rows[0]
+    lines = [
+        "# Peak memory of an LLM simulation sharing one base model",
+        "",
+        f"`python benchmarks/llm_memory.py --model {args.model} --counts {args.counts} "
+        f"--steps {args.steps} --threads {args.threads}` on {platform.machine()} / Python "
+        f"{platform.python_version()}, torch {torch.__version__}. Each count runs in a fresh "
+        "process: load the model, attach one LoRA adapter (r=8 on q_proj, v_proj), create N "
+        f"participants holding {args.blocks} blocks of {args.seq_len} random tokens each, run "
+        f"one round in which every participant trains {args.steps} step(s) of batch "
+        f"{args.batch_size}. Peak RSS is VmHWM.",
+        "",
+        f"Base model {first['base_bytes'] / 1e6:.1f} MB (float32), adapter "
+        f"{first['adapter_bytes'] / 1e3:.1f} kB, token data "
+        f"{first['data_bytes_per_participant'] / 1e3:.1f} kB per participant.",
+        "",
+        "| participants | peak RSS MB | growth vs first MB | per extra participant kB | s |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        extra = r["participants"] - first["participants"]
+        growth = r["peak_rss"] - first["peak_rss"]
+        per = f"{growth / extra / 1e3:.1f}" if extra else "-"
+        lines.append(
+            f"| {r['participants']} | {r['peak_rss'] / 1e6:.1f} | {growth / 1e6:.2f} | {per} "
+            f"| {r['seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        f"Growth per extra participant: {s['growth_per_participant_bytes'] / 1e3:.1f} kB = "
+        f"{s['growth_in_adapters']:.2f} adapters = {s['growth_in_base_models']:.5f} base models.",
+        "",
+    ]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines))
 
 
 if __name__ == "__main__":
