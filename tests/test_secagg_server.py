@@ -50,8 +50,8 @@ def test_training_with_secure_aggregation_matches_plain_weighted_mean():
 
 
 def test_random_k_with_shared_seed_composes():
-    plain, _ = _train(2, secure=False, pipeline=Pipeline([RandomK(0.5)]))
-    secure, _ = _train(2, secure=True, pipeline=Pipeline([RandomK(0.5)]))
+    plain, _ = _train(2, secure=False, pipeline=Pipeline([RandomK(0.5, shared=True)]))
+    secure, _ = _train(2, secure=True, pipeline=Pipeline([RandomK(0.5, shared=True)]))
     for k, v in plain.params.items():
         assert torch.allclose(secure.params[k], v, atol=1e-5), k
 
@@ -75,7 +75,9 @@ def test_non_linear_transforms_are_refused(transform):
         SecureAggregator(WeightedMean(), pipeline=Pipeline([transform]))
     with pytest.raises(ValueError, match="non-linear transforms"):
         check_pipeline(Pipeline([transform]))
-    check_pipeline(Pipeline([RandomK(0.1)]))
+    check_pipeline(Pipeline([RandomK(0.1, shared=True)]))
+    with pytest.raises(ValueError, match="per-participant random-k"):
+        check_pipeline(Pipeline([RandomK(0.1)]))
 
 
 def test_round_size_checked_against_graph_and_threshold_when_the_server_is_built():
@@ -206,7 +208,7 @@ def test_random_k_inside_secure_aggregation_masks_only_the_kept_values():
     rng = np.random.default_rng(0)
     ups = {c: rng.normal(size=d).astype(np.float32) for c in "abcd"}
     ws = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}
-    agg = SecureAggregator(WeightedMean(), CFG, compression=RandomK(0.1))
+    agg = SecureAggregator(WeightedMean(), CFG, compression=RandomK(0.1, shared=True))
     template = {"w": torch.zeros(d)}
     agg.begin_round(1, list(ups), template)
     assert agg.layout is not None and agg.layout.dim == 100
@@ -214,7 +216,7 @@ def test_random_k_inside_secure_aggregation_masks_only_the_kept_values():
     for c, u in ups.items():
         acc.add({"w": torch.from_numpy(u)}, ws[c], c)
     out = acc.result()["w"].numpy()
-    kept = RandomK(0.1).mask(d, agg.layout.ctx, "w").numpy()
+    kept = RandomK(0.1, shared=True).mask(d, agg.layout.ctx, "w").numpy()
     dense = sum(ws[c] * ups[c].astype(np.float64) for c in ups) / sum(ws.values())
     expected = np.zeros(d)
     expected[kept] = dense[kept]
@@ -224,7 +226,7 @@ def test_random_k_inside_secure_aggregation_masks_only_the_kept_values():
 
 
 def test_training_with_random_k_compression_in_secure_aggregation():
-    server, history = _train(2, secure=True, compression=RandomK(0.25))
+    server, history = _train(2, secure=True, compression=RandomK(0.25, shared=True))
     d = sum(v.numel() for v in server.params.values())
     sizes = {m.nbytes for m in server.aggregator.transcript if m.kind == "masked_input"}
     assert max(sizes) < 0.3 * d * 8 + 8  # about a quarter of the words travel

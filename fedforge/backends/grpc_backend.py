@@ -7,6 +7,12 @@ order (the same summation order as every other backend). A participant that does
 answer by the round deadline, that disconnects, or whose result is refused becomes a
 ``ClientFailure`` with the reason, and the round goes on with the others. Each round's
 log line says who was asked, who answered, the bytes each way and the time.
+
+With secure aggregation (``registry.secagg``, a ``fedforge.transport.secagg.GrpcSecAgg``)
+a fit task asks for the participant's masked input, and only those in the round's setup
+get one; the others fail with the reason, and no participant is ever asked for its
+update in the clear. The masked words go to the secure aggregation round, and the server
+gets a placeholder update (zeros) in their place (see ``fedforge.transport.secagg``).
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ from dataclasses import dataclass, field
 
 from fedforge.backends.base import ClientFailure, Job
 from fedforge.client.types import Client, EvalResult, FitResult
-from fedforge.params import ClientId, Params
+from fedforge.params import ClientId, Params, zeros_like
 from fedforge.transport.chunks import Payload
-from fedforge.transport.registry import Kind, Registry
+from fedforge.transport.registry import Kind, Registry, Task
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +67,32 @@ class GrpcBackend:
         traffic = RoundTraffic(rnd, kind, asked=[cid for cid, _ in jobs])
         payload = Payload(params)
         _ = payload.digest  # hash once, before the first participant needs it
-        tasks = [self.registry.submit(cid, kind, info, payload) for cid, info in jobs]
+        secure = self.registry.secagg if kind == "fit" else None
+        remote = secure.round_for(rnd) if secure is not None else None
+        entries: list[Task | tuple[ClientId, ClientFailure]] = []
+        for cid, info in jobs:
+            if secure is None:
+                entries.append(self.registry.submit(cid, kind, info, payload))
+                continue
+            # securely aggregated: ask for the masked input, never for the update itself
+            req, why = remote.fit_request(cid) if remote is not None else (None, None)
+            if req is None or remote is None:
+                why = why or "the round's secure aggregation was not set up"
+                entries.append((cid, ClientFailure(f"secure aggregation: {why}")))
+                continue
+            entries.append(
+                self.registry.submit(cid, kind, info, payload, template=remote.template, secagg=req)
+            )
+        tasks = [e for e in entries if isinstance(e, Task)]
+        placeholder = zeros_like(params) if remote is not None else None
         deadline = time.monotonic() + self.round_timeout
         try:
-            for task in tasks:
+            for entry in entries:
+                if not isinstance(entry, Task):
+                    traffic.failed[entry[0]] = entry[1].reason
+                    yield entry
+                    continue
+                task = entry
                 if not task.wait(max(0.0, deadline - time.monotonic())):
                     self.registry.resolve(
                         task,
@@ -73,6 +101,13 @@ class GrpcBackend:
                         ),
                     )
                 out = task.outcome
+                if remote is not None and placeholder is not None and isinstance(out, FitResult):
+                    why = remote.receive(task.client, out)
+                    out = (
+                        ClientFailure(f"secure aggregation: {why}")
+                        if why is not None
+                        else FitResult(placeholder, out.num_examples, out.metrics)
+                    )
                 traffic.bytes_down += task.sent_bytes
                 traffic.bytes_up += task.received_bytes
                 if isinstance(out, ClientFailure):

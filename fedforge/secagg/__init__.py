@@ -13,10 +13,19 @@ drop out mid-round. One concept per module:
 - ``config``: ``SecAggConfig`` and the per-round ``RoundPlan``;
 - ``participant`` / ``collector``: the two sides' state machines;
 - ``messages`` / ``dropout`` / ``simulation``: transcript, dropout plans, driver;
-- ``aggregator``: ``SecureAggregator``, how it plugs into the ``Server``.
+- ``aggregator``: ``SecureAggregator``, how it plugs into the ``Server``, and the
+  ``Channel`` / ``RoundDriver`` seam where the participants run: in process
+  (``SimulatedRound``) or in their own processes over gRPC
+  (``fedforge.transport.secagg.GrpcSecAgg``).
 """
 
-from fedforge.secagg.aggregator import SecureAggregator, check_linear, check_pipeline
+from fedforge.secagg.aggregator import (
+    Channel,
+    RoundDriver,
+    SecureAggregator,
+    check_linear,
+    check_pipeline,
+)
 from fedforge.secagg.collector import Collector, Outcome, RoundAborted
 from fedforge.secagg.config import RoundPlan, SecAggConfig
 from fedforge.secagg.dropout import DropoutPlan
@@ -30,6 +39,7 @@ from fedforge.secagg.simulation import SimulatedRound, run_round
 __all__ = [
     "SERVER",
     "Auto",
+    "Channel",
     "Collector",
     "Complete",
     "DropoutPlan",
@@ -41,6 +51,7 @@ __all__ = [
     "PublicKeys",
     "Refused",
     "RoundAborted",
+    "RoundDriver",
     "RoundPlan",
     "SecAggConfig",
     "SecureAggregator",

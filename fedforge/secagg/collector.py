@@ -168,7 +168,10 @@ class Collector:
         """Remove every mask that does not cancel; dequantize; ``RoundAborted`` if stuck."""
         self._need("unmask", len(self.answers))
         total = self._sum.copy()
-        d, dt, r = self.dim, self.fixed.dtype, self.plan.round
+        r = self.plan.round
+        # Secrets first (cheap, and a wrong share aborts before any mask is expanded), then
+        # every mask folded into ``total`` in place: the expensive part, O(model) memory.
+        seeds = []
         for u in sorted(self.weights):
             b = self._rebuild(u, "seeds")
             seed = b.to_bytes(32, "big") if b < 2**256 else b""
@@ -176,18 +179,21 @@ class Collector:
                 raise RoundAborted(
                     f"cannot unmask: shares of {u}'s self-mask seed disagree with its commitment"
                 )
-            total -= prg.mask(seed, d, dt)
+            seeds.append(seed)
+        pairs = []
         for u in sorted(self.u2 - set(self.weights)):
             s = self._rebuild(u, "mask_keys")
             pair = keys.KeyPair.from_secret(s.to_bytes(32, "big")) if s < 2**256 else None
             if pair is None or pair.public != self.keys[u].mask:
                 raise RoundAborted(f"cannot unmask: shares of {u}'s mask key disagree with its key")
-            for v in sorted(self._nbrs(u) & set(self.weights)):
-                m = prg.mask(pair_seed(pair, self.keys[v].mask, r), d, dt)
-                if sign(v, u) > 0:  # v added m: take it out
-                    total -= m
-                else:
-                    total += m
+            pairs.append((u, pair))
+        for seed in seeds:
+            prg.accumulate(total, seed, -1)
+        alive = set(self.weights)
+        for u, pair in pairs:
+            for v in sorted(self._nbrs(u) & alive):
+                # v added the mask it shares with u if v < u: take it out, else put it back
+                prg.accumulate(total, pair_seed(pair, self.keys[v].mask, r), -sign(v, u))
         return Outcome(
             self.fixed.decode(total) / self.plan.scale,
             tuple(sorted(self.weights)),

@@ -37,7 +37,8 @@ class Layout:
 
     @staticmethod
     def of(template: Params, compression: Transform | None, round_: int, seed: int) -> Layout:
-        ctx = Context(round_, "", derive_seed(seed, "secagg-compression", round_))
+        shared = derive_seed(seed, "secagg-compression", round_)
+        ctx = Context(round_, "", shared, round_seed=shared)  # one context for the round
         spec = Spec.of(template)
         if compression is None:
             return Layout(spec, None, ctx, (("", spec.numel(), torch.float64),), {})

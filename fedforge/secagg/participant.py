@@ -172,14 +172,10 @@ class Participant:
             g = np.random.default_rng(int.from_bytes(self._rng.token(16), "big"))
             noise = g.normal(0.0, self.config.noise_std, x.size)
         y = self.fixed.encode(x, weight, self.plan.scale, noise)  # (d,) words mod 2^k
-        d, dt = y.size, self.fixed.dtype
-        y += prg.mask(self._seed, d, dt)
+        prg.accumulate(y, self._seed)
         for v in sorted(active):
-            m = prg.mask(pair_seed(self._mask, self._peers[v].mask, self.plan.round), d, dt)
-            if sign(self.cid, v) > 0:
-                y += m
-            else:
-                y -= m
+            seed = pair_seed(self._mask, self._peers[v].mask, self.plan.round)
+            prg.accumulate(y, seed, sign(self.cid, v))
         return y
 
     # --- 5. unmask ---------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 from typing import Protocol
 
 import numpy as np
@@ -29,14 +30,21 @@ _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)  # plaintext: the keystream is AES-CTR of zeros, 1 MiB at a time
 
 
-def _keystream(key: bytes, nbytes: int) -> bytearray:
+def _fill(key: bytes, out: bytearray, nbytes: int) -> None:
+    """Write ``nbytes`` of keystream into ``out`` (which has 15 bytes of slack)."""
+    if len(key) != 32:
+        raise ValueError(f"a mask seed has 32 bytes, got {len(key)}")
     enc = Cipher(algorithms.AES(key), modes.CTR(_ZERO_BLOCK)).encryptor()
-    out = bytearray(nbytes + 15)  # update_into wants a block of slack after each write
     view, zeros = memoryview(out), memoryview(_ZEROS)
     # update_into skips update()'s two copies: 5-10x faster for model-sized masks
     for start in range(0, nbytes, _CHUNK):
         m = min(_CHUNK, nbytes - start)
         enc.update_into(zeros[:m], view[start : start + m + 15])
+
+
+def _keystream(key: bytes, nbytes: int) -> bytearray:
+    out = bytearray(nbytes + 15)  # update_into wants a block of slack after each write
+    _fill(key, out, nbytes)
     return out
 
 
@@ -45,6 +53,27 @@ def mask(seed: bytes, d: int, dtype: np.dtype[np.unsignedinteger]) -> np.ndarray
     if len(seed) != 32:
         raise ValueError(f"a mask seed has 32 bytes, got {len(seed)}")
     return np.frombuffer(_keystream(seed, d * dtype.itemsize), dtype=dtype, count=d)
+
+
+_scratch = threading.local()  # one keystream buffer per thread, reused across masks
+
+
+def accumulate(out: np.ndarray, seed: bytes, sign: int = 1) -> None:
+    """``out += sign * mask(seed, out.size, out.dtype)`` modulo 2^k, in place.
+
+    The same words as ``mask``, expanded into a per-thread scratch buffer instead of a new
+    array: a server removing tens of thousands of model-sized masks allocates none."""
+    nbytes = out.size * out.dtype.itemsize
+    buf: bytearray | None = getattr(_scratch, "buf", None)
+    if buf is None or len(buf) < nbytes + 15:
+        buf = bytearray(nbytes + 15)
+        _scratch.buf = buf
+    _fill(seed, buf, nbytes)
+    m = np.frombuffer(buf, dtype=out.dtype, count=out.size)
+    if sign > 0:
+        np.add(out, m, out=out)
+    else:
+        np.subtract(out, m, out=out)
 
 
 class Randomness(Protocol):

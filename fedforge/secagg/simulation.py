@@ -11,8 +11,9 @@ methods, called in order:
     submit(cid, x, w)      masked input, once per participant that has one
     finish()               unmask: the weighted sum, or ``RoundAborted``
 
-A gRPC transport replaces this driver and keeps ``Participant`` and
-``Collector`` as they are: both speak only in the message payloads here.
+Over gRPC ``fedforge.transport.secagg.RemoteRound`` replaces this driver and
+keeps ``Participant`` (in each participant's process) and ``Collector`` (in
+the server) as they are: both speak only in the message payloads here.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from fedforge.params import ClientId
+from fedforge.params import ClientId, Params
 from fedforge.secagg.collector import Collector, Outcome, RoundAborted
 from fedforge.secagg.config import RoundPlan, SecAggConfig
 from fedforge.secagg.dropout import DropoutPlan, schedule
+from fedforge.secagg.layout import Layout
 from fedforge.secagg.messages import ID_BYTES, SERVER, Stage, Transcript
 from fedforge.secagg.participant import Participant, PublicKeys, Refused, UnmaskShares
 from fedforge.secagg.prg import Randomness, SeededRandomness, SystemRandomness
@@ -161,6 +163,15 @@ class SimulatedRound:
         nbytes = self.dim * self.config.fixed.dtype.itemsize + 8
         y = self._post(Stage.MASKED_INPUT, cid, SERVER, "masked_input", nbytes, y)
         return self._timed(SERVER, srv.take_masked, cid, y, weight)
+
+    def add(self, cid: ClientId, update: Params, weight: float, layout: Layout) -> str | None:
+        """The aggregator's entry: ``cid`` turns ``update`` into the round's vector and
+        submits it (``submit``); returns why it was not taken, or None."""
+        try:
+            x = layout.vector(update)  # participant side: what it will mask
+        except ValueError as exc:
+            return f"update does not fit the round's layout: {exc}"
+        return self.submit(cid, x, weight)
 
     # --- stage 5 ------------------------------------------------------------------------
     def finish(self) -> Outcome:

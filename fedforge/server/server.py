@@ -167,7 +167,12 @@ class Server:
         why = check_update(res, self.params)
         if why is not None or not self.pipeline.transforms:
             return res.update, num_bytes(res.update), why
-        ctx = Context(r, cid, derive_seed(self.seed, "transform", r, cid))
+        ctx = Context(
+            r,
+            cid,
+            derive_seed(self.seed, "transform", r, cid),
+            round_seed=derive_seed(self.seed, "transform-round", r),  # RandomK(shared=True)
+        )
         payload = self.pipeline.encode(res.update, ctx)
         try:
             update = self.pipeline.decode(payload, ctx, self.params)

@@ -34,11 +34,19 @@ ClientState = MutableMapping[str, Tensor]
 
 @dataclass(frozen=True)
 class Context:
-    """Where an update is in the federation: enough to derive shared randomness."""
+    """Where an update is in the federation: enough to derive shared randomness.
+
+    ``seed`` is this participant's and the server's for this round (per participant);
+    ``round_seed`` is one seed for the whole round, the same for every participant and
+    known to the server (None where the caller has none). A transform whose encodings must
+    line up across participants, so that they can be summed coordinate by coordinate
+    (random-k under secure aggregation: ``RandomK(shared=True)``), draws from it.
+    """
 
     round: int
     client: ClientId
     seed: int  # shared by this participant and the server for this round (e.g. random-k masks)
+    round_seed: int | None = None  # shared by every participant of the round and the server
 
 
 class PayloadError(ValueError):

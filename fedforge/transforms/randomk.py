@@ -12,7 +12,11 @@ Decoding scatters values into zeros at the mask, so for one mask it
 commutes with summation: ``decode(enc(a) + enc(b)) = decode(enc(a)) +
 decode(enc(b))`` (``linear``). Secure aggregation sums encodings across
 participants, so all of them must then get the same ``ctx.seed`` in a
-round. ``unbiased=True`` scales by ``n / k`` at decode, making
+round: ``shared=True`` draws the masks from ``ctx.round_seed`` (one seed for the
+whole round, known to the server) instead of the participant's ``ctx.seed``, so every
+participant keeps the same coordinates and their masked sparse vectors add up
+coordinate by coordinate. Secure aggregation accepts random-k only in that mode.
+``unbiased=True`` scales by ``n / k`` at decode, making
 ``E[decode(encode(x))] = x`` over masks at ``n / k`` times the variance;
 with ``ErrorFeedback`` keep the default (unscaled, a contraction).
 """
@@ -64,6 +68,7 @@ class RandomK:
 
     fraction: float = 0.01
     unbiased: bool = False
+    shared: bool = False  # masks from ctx.round_seed: the same coordinates for every participant
     linear: bool = field(default=True, init=False)
     stage: ClassVar[Stage] = Stage.SPARSIFY
 
@@ -72,11 +77,26 @@ class RandomK:
 
     @property
     def name(self) -> str:
-        return f"randk{self.fraction:g}" + ("_unbiased" if self.unbiased else "")
+        return (
+            f"randk{self.fraction:g}"
+            + ("_unbiased" if self.unbiased else "")
+            + ("_shared" if self.shared else "")
+        )
+
+    def seed(self, ctx: Context) -> int:
+        """The seed the masks come from: the round's if ``shared``, else the participant's."""
+        if not self.shared:
+            return ctx.seed
+        if ctx.round_seed is None:
+            raise ValueError(
+                "RandomK(shared=True) needs a round-wide seed (Context.round_seed), and this "
+                "context has none"
+            )
+        return ctx.round_seed
 
     def mask(self, n: int, ctx: Context, key: str) -> Tensor:
         """The (k,) positions kept of tensor ``key`` with ``n`` entries; same on both sides."""
-        g = torch.Generator().manual_seed(derive_seed(ctx.seed, "randk", key))
+        g = torch.Generator().manual_seed(derive_seed(self.seed(ctx), "randk", key))
         return sample_without_replacement(n, kept(n, self.fraction), g)
 
     def encode(self, x: Tensors, ctx: Context, state: ClientState) -> Tensors:

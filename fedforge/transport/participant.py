@@ -1,7 +1,9 @@
 """``connect``: serve any ``Client`` to a federation server, from behind NAT.
 
 The participant opens every connection: it joins, keeps one task channel open, trains
-on each task it receives and pushes the result back. When the connection drops (the
+on each task it receives and pushes the result back. In a securely aggregated round
+(``fedforge.transport.secagg``) it also answers the SecAgg+ stages and sends its masked
+update instead of its update; the update never leaves the process. When the connection drops (the
 server restarted, the network failed) it joins again with exponential backoff and
 seeded jitter, and is sampled again from then on. A malformed task from the server is
 refused with a logged reason and answered with an error; the participant stays up.
@@ -26,6 +28,7 @@ from fedforge.transport.chunks import Cancelled, Payload, Stray, frames, read_pa
 from fedforge.transport.codec import WireError, parse_specs
 from fedforge.transport.proto import fedforge_pb2 as pb
 from fedforge.transport.proto import fedforge_pb2_grpc as pb_grpc
+from fedforge.transport.secagg import SecAggSide
 from fedforge.transport.security import INSECURE_WARNING, ClientTLS
 from fedforge.transport.service import _GRPC_SLACK, PROTOCOL
 
@@ -139,6 +142,7 @@ class _Participant:
         self.rng = rng
         self.stats = ParticipantStats()
         self.seq = 0
+        self.secagg = SecAggSide(client_id)  # secure aggregation state, per round
 
     def _channel(self, chunk: int) -> grpc.Channel:
         opts = [
@@ -230,7 +234,7 @@ class _Participant:
     ) -> None:
         info = RoundInfo(int(h.round), int(h.seed), dict(h.feedback), _options(h))
         try:
-            if h.kind not in ("fit", "evaluate"):
+            if h.kind not in ("fit", "evaluate", "secagg"):
                 raise WireError(f"unknown task kind {h.kind!r}")
             layout = parse_specs(h.tensors, h.payload_bytes, self.max_message_bytes)
             params = read_payload(it, layout, chunk)
@@ -243,7 +247,19 @@ class _Participant:
             log.warning("participant %s refused a task: %s", self.client_id, exc)
             self._push(stub, session, h, chunk, error=f"malformed task: {exc}")
             return
-        self.stats.bytes_down += layout.total
+        self.stats.bytes_down += layout.total + h.secagg.ByteSize()
+        if h.kind == "secagg":
+            self._secagg(stub, session, h, chunk, info.round)
+            return
+        masked = h.kind == "fit" and h.HasField("secagg")
+        if h.kind == "fit" and not masked and self.secagg.secure(info.round):
+            self.stats.refused_tasks += 1
+            why = (
+                f"round {info.round} is securely aggregated: the update is never sent in the clear"
+            )
+            log.warning("participant %s refused a task: %s", self.client_id, why)
+            self._push(stub, session, h, chunk, error=why)
+            return
         self.stats.tasks += 1
         self.stats.rounds.append(info.round)
         try:
@@ -253,12 +269,32 @@ class _Participant:
                     if h.kind == "fit"
                     else self.client.evaluate(params, info)
                 )
+            if masked:
+                assert isinstance(result, FitResult)
+                result = self.secagg.mask(info.round, params, result, h.secagg)
         except Exception as exc:  # the participant's failure is reported, not fatal
             self.stats.failed_tasks += 1
             log.warning("participant %s: %s failed: %s", self.client_id, h.kind, describe(exc))
             self._push(stub, session, h, chunk, error=describe(exc))
             return
         self._push(stub, session, h, chunk, result=result)
+
+    def _secagg(
+        self, stub: pb_grpc.FederationStub, session: str, h: pb.TaskHeader, chunk: int, rnd: int
+    ) -> None:
+        """Answer one secure aggregation stage (its reply, or the reason it refuses)."""
+        try:
+            reply = self.secagg.handle(rnd, h.secagg)
+        except Exception as exc:  # a refusal (unsafe request) or a malformed one: not fatal
+            log.warning(
+                "participant %s: secure aggregation %s refused: %s",
+                self.client_id,
+                h.secagg.stage,
+                describe(exc),
+            )
+            self._push(stub, session, h, chunk, error=f"secagg {h.secagg.stage}: {describe(exc)}")
+            return
+        self._push(stub, session, h, chunk, reply=reply)
 
     def _push(
         self,
@@ -268,12 +304,15 @@ class _Participant:
         chunk: int,
         result: FitResult | EvalResult | None = None,
         error: str = "",
+        reply: pb.SecAggReply | None = None,
     ) -> None:
         self.seq += 1
         head = pb.ResultHeader(
             session=session, task_id=h.task_id, seq=self.seq, kind=h.kind, error=error
         )
         payload = Payload({})
+        if reply is not None:
+            head.secagg.CopyFrom(reply)
         if isinstance(result, FitResult):
             payload = Payload({k: v.detach().contiguous() for k, v in result.update.items()})
             head.num_examples = result.num_examples
@@ -296,7 +335,7 @@ class _Participant:
                 raise
             log.warning("participant %s: result refused: %s", self.client_id, exc.details())
             return
-        self.stats.bytes_up += payload.total
+        self.stats.bytes_up += payload.total + head.secagg.ByteSize()
         if not ack.accepted:
             log.warning("participant %s: result not accepted: %s", self.client_id, ack.reason)
 

@@ -8,6 +8,11 @@ its old session; its unfinished tasks move to the new session.
 A task is bound to one participant id and accepts exactly one result, from a session of
 that participant, with a sequence number above the session's last one: a result under
 another identity, a second answer and a replayed message are all refused.
+
+Secure aggregation adds a third kind of task, ``secagg`` (one stage of a SecAgg+ round,
+``fedforge.transport.secagg``), answered by a ``SecAggAnswer``; ``Registry.secagg`` is the
+secure aggregation channel whose round, while one is open, decides what a ``fit`` task
+asks for (the masked input, not the update).
 """
 
 from __future__ import annotations
@@ -19,18 +24,32 @@ import threading
 import time
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from fedforge.backends.base import ClientFailure
 from fedforge.client.types import EvalResult, FitResult, RoundInfo
 from fedforge.params import ClientId, Params
 from fedforge.transport.chunks import Payload
 from fedforge.transport.codec import Layout, WireError
+from fedforge.transport.proto import fedforge_pb2 as pb
+
+if TYPE_CHECKING:
+    from fedforge.transport.secagg import GrpcSecAgg
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["fit", "evaluate"]
-Outcome = FitResult | EvalResult | ClientFailure
+Kind = Literal["fit", "evaluate", "secagg"]
+
+
+@dataclass(frozen=True)
+class SecAggAnswer:
+    """A participant's answer to a ``secagg`` task: its reply and the reply's size in bytes."""
+
+    reply: pb.SecAggReply
+    nbytes: int
+
+
+Outcome = FitResult | EvalResult | SecAggAnswer | ClientFailure
 
 
 class Refusal(WireError):
@@ -45,6 +64,7 @@ class Task:
     info: RoundInfo
     payload: Payload
     template: Layout  # what a fit result must look like
+    secagg: pb.SecAggRequest | None = None  # a secagg stage, or a fit's masked-input request
     outcome: Outcome | None = None
     claimed: bool = False  # a result stream for it is being received
     sent_bytes: int = 0
@@ -96,6 +116,8 @@ class RemoteClient:
         out = task.outcome
         if isinstance(out, ClientFailure) or out is None:
             raise RuntimeError(out.reason if out else "no answer")
+        if isinstance(out, SecAggAnswer):
+            raise RuntimeError(f"a {kind} task was answered with a secure aggregation reply")
         return out
 
     def fit(self, params: Params, info: RoundInfo) -> FitResult:
@@ -121,6 +143,7 @@ class Registry(Mapping[ClientId, RemoteClient]):
         self._tasks: dict[str, Task] = {}
         self.counters: dict[ClientId, Counters] = {}
         self.finished: str | None = None
+        self.secagg: GrpcSecAgg | None = None  # set by the secure aggregation channel
 
     # --- the Mapping: who is connected now ---------------------------------------------
 
@@ -230,8 +253,11 @@ class Registry(Mapping[ClientId, RemoteClient]):
         info: RoundInfo,
         payload: Payload,
         template: Layout | None = None,
+        secagg: pb.SecAggRequest | None = None,
     ) -> Task:
-        task = Task(secrets.token_hex(16), cid, kind, info, payload, template or payload.layout)
+        task = Task(
+            secrets.token_hex(16), cid, kind, info, payload, template or payload.layout, secagg
+        )
         with self._lock:
             self._tasks[task.id] = task
             self.counters.setdefault(cid, Counters()).tasks += 1

@@ -24,7 +24,7 @@ from fedforge.transport.chunks import DEFAULT_CHUNK, Cancelled, frames, read_pay
 from fedforge.transport.codec import WireError, describe_mismatch, parse_specs
 from fedforge.transport.proto import fedforge_pb2 as pb
 from fedforge.transport.proto import fedforge_pb2_grpc as pb_grpc
-from fedforge.transport.registry import Refusal, Registry, Session, Task
+from fedforge.transport.registry import Refusal, Registry, SecAggAnswer, Session, Task
 from fedforge.transport.security import Revocations, ServerTLS, peer_identity
 
 log = logging.getLogger(__name__)
@@ -55,18 +55,19 @@ def _task_frame(t: Task) -> pb.Frame:
             opts[k] = pb.Scalar(f=v)
         else:
             opts[k] = pb.Scalar(s=str(v))
-    return pb.Frame(
-        task=pb.TaskHeader(
-            task_id=t.id,
-            kind=t.kind,
-            round=t.info.round,
-            seed=t.info.seed,
-            feedback=dict(t.info.feedback),
-            options=opts,
-            tensors=t.payload.layout.specs(),
-            payload_bytes=t.payload.total,
-        )
+    header = pb.TaskHeader(
+        task_id=t.id,
+        kind=t.kind,
+        round=t.info.round,
+        seed=t.info.seed,
+        feedback=dict(t.info.feedback),
+        options=opts,
+        tensors=t.payload.layout.specs(),
+        payload_bytes=t.payload.total,
     )
+    if t.secagg is not None:
+        header.secagg.CopyFrom(t.secagg)
+    return pb.Frame(task=header)
 
 
 class FederationService(pb_grpc.FederationServicer):
@@ -209,10 +210,17 @@ class FederationService(pb_grpc.FederationServicer):
 
     def _read_result(
         self, task: Task, h: pb.ResultHeader, rest: Iterator[pb.Frame]
-    ) -> FitResult | EvalResult | ClientFailure:
+    ) -> FitResult | EvalResult | SecAggAnswer | ClientFailure:
         if h.error:
             _expect_end(rest)
             return ClientFailure(f"participant reported: {h.error[:500]}")
+        if task.kind == "secagg":
+            if h.tensors or h.payload_bytes:
+                raise WireError("a secure aggregation reply carries no tensors")
+            _expect_trailer(rest)
+            return SecAggAnswer(h.secagg, h.secagg.ByteSize())
+        if h.HasField("secagg"):
+            raise WireError("only a secure aggregation task's answer carries a secagg reply")
         metrics = dict(h.metrics)
         if task.kind == "evaluate":
             if h.tensors or h.payload_bytes:

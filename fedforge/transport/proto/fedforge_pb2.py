@@ -23,7 +23,7 @@ _sym_db = _symbol_database.Default()
 
 
 DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n\'fedforge/transport/proto/fedforge.proto\x12\x15\x66\x65\x64\x66orge.transport.v1"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03"E\n\x06Scalar\x12\x0b\n\x01\x66\x18\x01 \x01(\x01H\x00\x12\x0b\n\x01i\x18\x02 \x01(\x03H\x00\x12\x0b\n\x01s\x18\x03 \x01(\tH\x00\x12\x0b\n\x01\x62\x18\x04 \x01(\x08H\x00\x42\x07\n\x05value"2\n\x0bJoinRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\r"]\n\x07Welcome\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x04" \n\rAttendRequest\x12\x0f\n\x07session\x18\x01 \x01(\t"\x97\x03\n\nTaskHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x41\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x05 \x03(\x0b\x32/.fedforge.transport.v1.TaskHeader.FeedbackEntry\x12?\n\x07options\x18\x06 \x03(\x0b\x32..fedforge.transport.v1.TaskHeader.OptionsEntry\x12\x32\n\x07tensors\x18\x07 \x03(\x0b\x32!.fedforge.transport.v1.TensorSpec\x12\x15\n\rpayload_bytes\x18\x08 \x01(\x04\x1a/\n\rFeedbackEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1aM\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12,\n\x05value\x18\x02 \x01(\x0b\x32\x1d.fedforge.transport.v1.Scalar:\x02\x38\x01"\xbc\x02\n\x0cResultHeader\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x41\n\x07metrics\x18\x07 \x03(\x0b\x32\x30.fedforge.transport.v1.ResultHeader.MetricsEntry\x12\x32\n\x07tensors\x18\x08 \x03(\x0b\x32!.fedforge.transport.v1.TensorSpec\x12\x15\n\rpayload_bytes\x18\t \x01(\x04\x12\r\n\x05\x65rror\x18\n \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01"%\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c"\x19\n\x07Trailer\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c"\x16\n\x04\x44one\x12\x0e\n\x06reason\x18\x01 \x01(\t"\x06\n\x04Ping"\xb5\x02\n\x05\x46rame\x12\x31\n\x04task\x18\x01 \x01(\x0b\x32!.fedforge.transport.v1.TaskHeaderH\x00\x12\x35\n\x06result\x18\x02 \x01(\x0b\x32#.fedforge.transport.v1.ResultHeaderH\x00\x12-\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x1c.fedforge.transport.v1.ChunkH\x00\x12\x31\n\x07trailer\x18\x04 \x01(\x0b\x32\x1e.fedforge.transport.v1.TrailerH\x00\x12+\n\x04\x64one\x18\x05 \x01(\x0b\x32\x1b.fedforge.transport.v1.DoneH\x00\x12+\n\x04ping\x18\x06 \x01(\x0b\x32\x1b.fedforge.transport.v1.PingH\x00\x42\x06\n\x04\x62ody"\'\n\x03\x41\x63k\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xf2\x01\n\nFederation\x12J\n\x04Join\x12".fedforge.transport.v1.JoinRequest\x1a\x1e.fedforge.transport.v1.Welcome\x12N\n\x06\x41ttend\x12$.fedforge.transport.v1.AttendRequest\x1a\x1c.fedforge.transport.v1.Frame0\x01\x12H\n\nPushResult\x12\x1c.fedforge.transport.v1.Frame\x1a\x1a.fedforge.transport.v1.Ack(\x01\x62\x06proto3'
+    b'\n\'fedforge/transport/proto/fedforge.proto\x12\x15\x66\x65\x64\x66orge.transport.v1"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03"E\n\x06Scalar\x12\x0b\n\x01\x66\x18\x01 \x01(\x01H\x00\x12\x0b\n\x01i\x18\x02 \x01(\x03H\x00\x12\x0b\n\x01s\x18\x03 \x01(\tH\x00\x12\x0b\n\x01\x62\x18\x04 \x01(\x08H\x00\x42\x07\n\x05value"2\n\x0bJoinRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\r"]\n\x07Welcome\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x04" \n\rAttendRequest\x12\x0f\n\x07session\x18\x01 \x01(\t"\xcd\x03\n\nTaskHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x41\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x05 \x03(\x0b\x32/.fedforge.transport.v1.TaskHeader.FeedbackEntry\x12?\n\x07options\x18\x06 \x03(\x0b\x32..fedforge.transport.v1.TaskHeader.OptionsEntry\x12\x32\n\x07tensors\x18\x07 \x03(\x0b\x32!.fedforge.transport.v1.TensorSpec\x12\x15\n\rpayload_bytes\x18\x08 \x01(\x04\x12\x34\n\x06secagg\x18\t \x01(\x0b\x32$.fedforge.transport.v1.SecAggRequest\x1a/\n\rFeedbackEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1aM\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12,\n\x05value\x18\x02 \x01(\x0b\x32\x1d.fedforge.transport.v1.Scalar:\x02\x38\x01"\xf0\x02\n\x0cResultHeader\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x41\n\x07metrics\x18\x07 \x03(\x0b\x32\x30.fedforge.transport.v1.ResultHeader.MetricsEntry\x12\x32\n\x07tensors\x18\x08 \x03(\x0b\x32!.fedforge.transport.v1.TensorSpec\x12\x15\n\rpayload_bytes\x18\t \x01(\x04\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x32\n\x06secagg\x18\x0b \x01(\x0b\x32".fedforge.transport.v1.SecAggReply\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01"\xc8\x02\n\x0bSecAggSetup\x12\x14\n\x0cparticipants\x18\x01 \x03(\t\x12\r\n\x05graph\x18\x02 \x01(\t\x12\x12\n\nneighbours\x18\x03 \x01(\r\x12\x18\n\x10\x65xpected_dropout\x18\x04 \x01(\x01\x12\x0f\n\x07\x66\x61ilure\x18\x05 \x01(\x01\x12\x16\n\x0e\x63omplete_up_to\x18\x06 \x01(\r\x12\x11\n\tthreshold\x18\x07 \x01(\r\x12\x0c\n\x04\x62its\x18\x08 \x01(\r\x12\x0c\n\x04\x63lip\x18\t \x01(\x01\x12\x12\n\nmax_weight\x18\n \x01(\x01\x12\x11\n\tclip_norm\x18\x0b \x01(\x01\x12\x11\n\tnoise_std\x18\x0c \x01(\x01\x12\x12\n\ngraph_seed\x18\r \x01(\x04\x12\x10\n\x08weighted\x18\x0e \x01(\x08\x12\x16\n\x0erandk_fraction\x18\x0f \x01(\x01\x12\x16\n\x0erandk_unbiased\x18\x10 \x01(\x08"C\n\nSecAggKeys\x12\x0e\n\x06\x63ipher\x18\x01 \x01(\x0c\x12\x0c\n\x04mask\x18\x02 \x01(\x0c\x12\x17\n\x0fseed_commitment\x18\x03 \x01(\x0c"\x93\x03\n\rSecAggRequest\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x31\n\x05setup\x18\x02 \x01(\x0b\x32".fedforge.transport.v1.SecAggSetup\x12<\n\x04keys\x18\x03 \x03(\x0b\x32..fedforge.transport.v1.SecAggRequest.KeysEntry\x12J\n\x0b\x63iphertexts\x18\x04 \x03(\x0b\x32\x35.fedforge.transport.v1.SecAggRequest.CiphertextsEntry\x12\x0e\n\x06\x61\x63tive\x18\x05 \x03(\t\x12\x11\n\tsurvivors\x18\x06 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x07 \x03(\t\x1aN\n\tKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x30\n\x05value\x18\x02 \x01(\x0b\x32!.fedforge.transport.v1.SecAggKeys:\x02\x38\x01\x1a\x32\n\x10\x43iphertextsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01"\xc1\x03\n\x0bSecAggReply\x12/\n\x04keys\x18\x01 \x01(\x0b\x32!.fedforge.transport.v1.SecAggKeys\x12H\n\x0b\x63iphertexts\x18\x02 \x03(\x0b\x32\x33.fedforge.transport.v1.SecAggReply.CiphertextsEntry\x12\x0e\n\x06\x66\x61iled\x18\x03 \x03(\t\x12G\n\x0bseed_shares\x18\x04 \x03(\x0b\x32\x32.fedforge.transport.v1.SecAggReply.SeedSharesEntry\x12\x45\n\nkey_shares\x18\x05 \x03(\x0b\x32\x31.fedforge.transport.v1.SecAggReply.KeySharesEntry\x1a\x32\n\x10\x43iphertextsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a\x31\n\x0fSeedSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a\x30\n\x0eKeySharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01"%\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c"\x19\n\x07Trailer\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c"\x16\n\x04\x44one\x12\x0e\n\x06reason\x18\x01 \x01(\t"\x06\n\x04Ping"\xb5\x02\n\x05\x46rame\x12\x31\n\x04task\x18\x01 \x01(\x0b\x32!.fedforge.transport.v1.TaskHeaderH\x00\x12\x35\n\x06result\x18\x02 \x01(\x0b\x32#.fedforge.transport.v1.ResultHeaderH\x00\x12-\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x1c.fedforge.transport.v1.ChunkH\x00\x12\x31\n\x07trailer\x18\x04 \x01(\x0b\x32\x1e.fedforge.transport.v1.TrailerH\x00\x12+\n\x04\x64one\x18\x05 \x01(\x0b\x32\x1b.fedforge.transport.v1.DoneH\x00\x12+\n\x04ping\x18\x06 \x01(\x0b\x32\x1b.fedforge.transport.v1.PingH\x00\x42\x06\n\x04\x62ody"\'\n\x03\x41\x63k\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xf2\x01\n\nFederation\x12J\n\x04Join\x12".fedforge.transport.v1.JoinRequest\x1a\x1e.fedforge.transport.v1.Welcome\x12N\n\x06\x41ttend\x12$.fedforge.transport.v1.AttendRequest\x1a\x1c.fedforge.transport.v1.Frame0\x01\x12H\n\nPushResult\x12\x1c.fedforge.transport.v1.Frame\x1a\x1a.fedforge.transport.v1.Ack(\x01\x62\x06proto3'
 )
 
 _globals = globals()
@@ -39,6 +39,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
     _globals["_TASKHEADER_OPTIONSENTRY"]._serialized_options = b"8\001"
     _globals["_RESULTHEADER_METRICSENTRY"]._loaded_options = None
     _globals["_RESULTHEADER_METRICSENTRY"]._serialized_options = b"8\001"
+    _globals["_SECAGGREQUEST_KEYSENTRY"]._loaded_options = None
+    _globals["_SECAGGREQUEST_KEYSENTRY"]._serialized_options = b"8\001"
+    _globals["_SECAGGREQUEST_CIPHERTEXTSENTRY"]._loaded_options = None
+    _globals["_SECAGGREQUEST_CIPHERTEXTSENTRY"]._serialized_options = b"8\001"
+    _globals["_SECAGGREPLY_CIPHERTEXTSENTRY"]._loaded_options = None
+    _globals["_SECAGGREPLY_CIPHERTEXTSENTRY"]._serialized_options = b"8\001"
+    _globals["_SECAGGREPLY_SEEDSHARESENTRY"]._loaded_options = None
+    _globals["_SECAGGREPLY_SEEDSHARESENTRY"]._serialized_options = b"8\001"
+    _globals["_SECAGGREPLY_KEYSHARESENTRY"]._loaded_options = None
+    _globals["_SECAGGREPLY_KEYSHARESENTRY"]._serialized_options = b"8\001"
     _globals["_TENSORSPEC"]._serialized_start = 66
     _globals["_TENSORSPEC"]._serialized_end = 122
     _globals["_SCALAR"]._serialized_start = 124
@@ -50,27 +60,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
     _globals["_ATTENDREQUEST"]._serialized_start = 342
     _globals["_ATTENDREQUEST"]._serialized_end = 374
     _globals["_TASKHEADER"]._serialized_start = 377
-    _globals["_TASKHEADER"]._serialized_end = 784
-    _globals["_TASKHEADER_FEEDBACKENTRY"]._serialized_start = 658
-    _globals["_TASKHEADER_FEEDBACKENTRY"]._serialized_end = 705
-    _globals["_TASKHEADER_OPTIONSENTRY"]._serialized_start = 707
-    _globals["_TASKHEADER_OPTIONSENTRY"]._serialized_end = 784
-    _globals["_RESULTHEADER"]._serialized_start = 787
-    _globals["_RESULTHEADER"]._serialized_end = 1103
-    _globals["_RESULTHEADER_METRICSENTRY"]._serialized_start = 1057
-    _globals["_RESULTHEADER_METRICSENTRY"]._serialized_end = 1103
-    _globals["_CHUNK"]._serialized_start = 1105
-    _globals["_CHUNK"]._serialized_end = 1142
-    _globals["_TRAILER"]._serialized_start = 1144
-    _globals["_TRAILER"]._serialized_end = 1169
-    _globals["_DONE"]._serialized_start = 1171
-    _globals["_DONE"]._serialized_end = 1193
-    _globals["_PING"]._serialized_start = 1195
-    _globals["_PING"]._serialized_end = 1201
-    _globals["_FRAME"]._serialized_start = 1204
-    _globals["_FRAME"]._serialized_end = 1513
-    _globals["_ACK"]._serialized_start = 1515
-    _globals["_ACK"]._serialized_end = 1554
-    _globals["_FEDERATION"]._serialized_start = 1557
-    _globals["_FEDERATION"]._serialized_end = 1799
+    _globals["_TASKHEADER"]._serialized_end = 838
+    _globals["_TASKHEADER_FEEDBACKENTRY"]._serialized_start = 712
+    _globals["_TASKHEADER_FEEDBACKENTRY"]._serialized_end = 759
+    _globals["_TASKHEADER_OPTIONSENTRY"]._serialized_start = 761
+    _globals["_TASKHEADER_OPTIONSENTRY"]._serialized_end = 838
+    _globals["_RESULTHEADER"]._serialized_start = 841
+    _globals["_RESULTHEADER"]._serialized_end = 1209
+    _globals["_RESULTHEADER_METRICSENTRY"]._serialized_start = 1163
+    _globals["_RESULTHEADER_METRICSENTRY"]._serialized_end = 1209
+    _globals["_SECAGGSETUP"]._serialized_start = 1212
+    _globals["_SECAGGSETUP"]._serialized_end = 1540
+    _globals["_SECAGGKEYS"]._serialized_start = 1542
+    _globals["_SECAGGKEYS"]._serialized_end = 1609
+    _globals["_SECAGGREQUEST"]._serialized_start = 1612
+    _globals["_SECAGGREQUEST"]._serialized_end = 2015
+    _globals["_SECAGGREQUEST_KEYSENTRY"]._serialized_start = 1885
+    _globals["_SECAGGREQUEST_KEYSENTRY"]._serialized_end = 1963
+    _globals["_SECAGGREQUEST_CIPHERTEXTSENTRY"]._serialized_start = 1965
+    _globals["_SECAGGREQUEST_CIPHERTEXTSENTRY"]._serialized_end = 2015
+    _globals["_SECAGGREPLY"]._serialized_start = 2018
+    _globals["_SECAGGREPLY"]._serialized_end = 2467
+    _globals["_SECAGGREPLY_CIPHERTEXTSENTRY"]._serialized_start = 1965
+    _globals["_SECAGGREPLY_CIPHERTEXTSENTRY"]._serialized_end = 2015
+    _globals["_SECAGGREPLY_SEEDSHARESENTRY"]._serialized_start = 2368
+    _globals["_SECAGGREPLY_SEEDSHARESENTRY"]._serialized_end = 2417
+    _globals["_SECAGGREPLY_KEYSHARESENTRY"]._serialized_start = 2419
+    _globals["_SECAGGREPLY_KEYSHARESENTRY"]._serialized_end = 2467
+    _globals["_CHUNK"]._serialized_start = 2469
+    _globals["_CHUNK"]._serialized_end = 2506
+    _globals["_TRAILER"]._serialized_start = 2508
+    _globals["_TRAILER"]._serialized_end = 2533
+    _globals["_DONE"]._serialized_start = 2535
+    _globals["_DONE"]._serialized_end = 2557
+    _globals["_PING"]._serialized_start = 2559
+    _globals["_PING"]._serialized_end = 2565
+    _globals["_FRAME"]._serialized_start = 2568
+    _globals["_FRAME"]._serialized_end = 2877
+    _globals["_ACK"]._serialized_start = 2879
+    _globals["_ACK"]._serialized_end = 2918
+    _globals["_FEDERATION"]._serialized_start = 2921
+    _globals["_FEDERATION"]._serialized_end = 3163
 # @@protoc_insertion_point(module_scope)

@@ -17,7 +17,10 @@ class TensorSpec(_message.Message):
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     def __init__(
-        self, name: str | None = ..., dtype: str | None = ..., shape: _Iterable[int] | None = ...
+        self,
+        name: str | None = ...,
+        dtype: str | None = ...,
+        shape: _Iterable[int] | None = ...,
     ) -> None: ...
 
 class Scalar(_message.Message):
@@ -31,7 +34,11 @@ class Scalar(_message.Message):
     s: str
     b: bool
     def __init__(
-        self, f: float | None = ..., i: int | None = ..., s: str | None = ..., b: bool | None = ...
+        self,
+        f: float | None = ...,
+        i: int | None = ...,
+        s: str | None = ...,
+        b: bool | None = ...,
     ) -> None: ...
 
 class JoinRequest(_message.Message):
@@ -76,6 +83,7 @@ class TaskHeader(_message.Message):
         "options",
         "tensors",
         "payload_bytes",
+        "secagg",
     )
     class FeedbackEntry(_message.Message):
         __slots__ = ("key", "value")
@@ -103,6 +111,7 @@ class TaskHeader(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     kind: str
     round: int
@@ -111,6 +120,7 @@ class TaskHeader(_message.Message):
     options: _containers.MessageMap[str, Scalar]
     tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     payload_bytes: int
+    secagg: SecAggRequest
     def __init__(
         self,
         task_id: str | None = ...,
@@ -121,6 +131,7 @@ class TaskHeader(_message.Message):
         options: _Mapping[str, Scalar] | None = ...,
         tensors: _Iterable[TensorSpec | _Mapping] | None = ...,
         payload_bytes: int | None = ...,
+        secagg: SecAggRequest | _Mapping | None = ...,
     ) -> None: ...
 
 class ResultHeader(_message.Message):
@@ -135,6 +146,7 @@ class ResultHeader(_message.Message):
         "tensors",
         "payload_bytes",
         "error",
+        "secagg",
     )
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
@@ -154,6 +166,7 @@ class ResultHeader(_message.Message):
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_FIELD_NUMBER: _ClassVar[int]
     session: str
     task_id: str
     seq: int
@@ -164,6 +177,7 @@ class ResultHeader(_message.Message):
     tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     payload_bytes: int
     error: str
+    secagg: SecAggReply
     def __init__(
         self,
         session: str | None = ...,
@@ -176,6 +190,183 @@ class ResultHeader(_message.Message):
         tensors: _Iterable[TensorSpec | _Mapping] | None = ...,
         payload_bytes: int | None = ...,
         error: str | None = ...,
+        secagg: SecAggReply | _Mapping | None = ...,
+    ) -> None: ...
+
+class SecAggSetup(_message.Message):
+    __slots__ = (
+        "participants",
+        "graph",
+        "neighbours",
+        "expected_dropout",
+        "failure",
+        "complete_up_to",
+        "threshold",
+        "bits",
+        "clip",
+        "max_weight",
+        "clip_norm",
+        "noise_std",
+        "graph_seed",
+        "weighted",
+        "randk_fraction",
+        "randk_unbiased",
+    )
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_DROPOUT_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_UP_TO_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    MAX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    NOISE_STD_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_SEED_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTED_FIELD_NUMBER: _ClassVar[int]
+    RANDK_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    RANDK_UNBIASED_FIELD_NUMBER: _ClassVar[int]
+    participants: _containers.RepeatedScalarFieldContainer[str]
+    graph: str
+    neighbours: int
+    expected_dropout: float
+    failure: float
+    complete_up_to: int
+    threshold: int
+    bits: int
+    clip: float
+    max_weight: float
+    clip_norm: float
+    noise_std: float
+    graph_seed: int
+    weighted: bool
+    randk_fraction: float
+    randk_unbiased: bool
+    def __init__(
+        self,
+        participants: _Iterable[str] | None = ...,
+        graph: str | None = ...,
+        neighbours: int | None = ...,
+        expected_dropout: float | None = ...,
+        failure: float | None = ...,
+        complete_up_to: int | None = ...,
+        threshold: int | None = ...,
+        bits: int | None = ...,
+        clip: float | None = ...,
+        max_weight: float | None = ...,
+        clip_norm: float | None = ...,
+        noise_std: float | None = ...,
+        graph_seed: int | None = ...,
+        weighted: bool | None = ...,
+        randk_fraction: float | None = ...,
+        randk_unbiased: bool | None = ...,
+    ) -> None: ...
+
+class SecAggKeys(_message.Message):
+    __slots__ = ("cipher", "mask", "seed_commitment")
+    CIPHER_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    SEED_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    cipher: bytes
+    mask: bytes
+    seed_commitment: bytes
+    def __init__(
+        self,
+        cipher: bytes | None = ...,
+        mask: bytes | None = ...,
+        seed_commitment: bytes | None = ...,
+    ) -> None: ...
+
+class SecAggRequest(_message.Message):
+    __slots__ = ("stage", "setup", "keys", "ciphertexts", "active", "survivors", "dropped")
+    class KeysEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: SecAggKeys
+        def __init__(
+            self, key: str | None = ..., value: SecAggKeys | _Mapping | None = ...
+        ) -> None: ...
+
+    class CiphertextsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: str | None = ..., value: bytes | None = ...) -> None: ...
+
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    SETUP_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    setup: SecAggSetup
+    keys: _containers.MessageMap[str, SecAggKeys]
+    ciphertexts: _containers.ScalarMap[str, bytes]
+    active: _containers.RepeatedScalarFieldContainer[str]
+    survivors: _containers.RepeatedScalarFieldContainer[str]
+    dropped: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(
+        self,
+        stage: str | None = ...,
+        setup: SecAggSetup | _Mapping | None = ...,
+        keys: _Mapping[str, SecAggKeys] | None = ...,
+        ciphertexts: _Mapping[str, bytes] | None = ...,
+        active: _Iterable[str] | None = ...,
+        survivors: _Iterable[str] | None = ...,
+        dropped: _Iterable[str] | None = ...,
+    ) -> None: ...
+
+class SecAggReply(_message.Message):
+    __slots__ = ("keys", "ciphertexts", "failed", "seed_shares", "key_shares")
+    class CiphertextsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: str | None = ..., value: bytes | None = ...) -> None: ...
+
+    class SeedSharesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: str | None = ..., value: bytes | None = ...) -> None: ...
+
+    class KeySharesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: str | None = ..., value: bytes | None = ...) -> None: ...
+
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    SEED_SHARES_FIELD_NUMBER: _ClassVar[int]
+    KEY_SHARES_FIELD_NUMBER: _ClassVar[int]
+    keys: SecAggKeys
+    ciphertexts: _containers.ScalarMap[str, bytes]
+    failed: _containers.RepeatedScalarFieldContainer[str]
+    seed_shares: _containers.ScalarMap[str, bytes]
+    key_shares: _containers.ScalarMap[str, bytes]
+    def __init__(
+        self,
+        keys: SecAggKeys | _Mapping | None = ...,
+        ciphertexts: _Mapping[str, bytes] | None = ...,
+        failed: _Iterable[str] | None = ...,
+        seed_shares: _Mapping[str, bytes] | None = ...,
+        key_shares: _Mapping[str, bytes] | None = ...,
     ) -> None: ...
 
 class Chunk(_message.Message):
