@@ -5,6 +5,7 @@ from fedforge.transforms.bitpack import pack, packed_size, unpack
 from fedforge.transforms.broadcast import Broadcast, Message
 from fedforge.transforms.cast import Cast
 from fedforge.transforms.error_feedback import ErrorFeedback
+from fedforge.transforms.lowrank import LowRank
 from fedforge.transforms.order import Stage, validate_order
 from fedforge.transforms.pipeline import Pipeline
 from fedforge.transforms.quantize import Quantize, dequantize, quantize
@@ -19,6 +20,7 @@ __all__ = [
     "ClientState",
     "Context",
     "ErrorFeedback",
+    "LowRank",
     "Message",
     "PayloadError",
     "Pipeline",
