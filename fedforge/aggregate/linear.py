@@ -2,39 +2,189 @@
 
 The weighted mean is FedAvg's rule (McMahan et al. 2017): each update counts
 in proportion to the participant's number of examples.
+
+Folding an update is a memory-bound loop (read the accumulator, read the update,
+write the accumulator), so it is written to move no more bytes than that:
+
+- the accumulator is one contiguous buffer per dtype for the whole model, allocated once
+  per round; each tensor of the model is a view into it. A large buffer is mapped with
+  transparent huge pages where the OS offers them: a fresh 100 MB tensor otherwise costs
+  25,600 page faults, measured here at 10-15x the time of one fold;
+- an update is added in place (``add_`` with ``alpha`` = its weight, one fused pass), with
+  no temporary: no ``w * update`` copy, and no ``.to(dtype)`` copy when the dtypes agree
+  (the server's validation guarantees they do; otherwise the update is converted through
+  a small reused scratch buffer, never a model-sized temporary);
+- an update that is itself laid out as one contiguous block in the accumulator's order
+  (e.g. decoded from one wire buffer) is added as a single flat ``add_``, so a model of
+  thousands of small tensors costs one kernel, not thousands;
+- the mean's division happens once, in ``result``, as one in-place multiply over the flat
+  buffer: ``result`` therefore closes the accumulator (asked again, it returns the same
+  answer; a later ``add`` is refused).
+
+The accumulator keeps the template's dtype (float32 for a float32 model), as before.
+The per-tensor and the flat paths run the same elementwise kernel, so the result is
+bit-identical to adding tensor by tensor.
 """
 
 from __future__ import annotations
 
+import mmap
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from fedforge.params import ClientId, Params, add_, scale, zeros_like
+import torch
+from torch import Tensor
+
+from fedforge.params import ClientId, Params, check_same_structure
+
+_Group = tuple[torch.dtype, torch.device]
+
+_CHUNK = 1 << 18  # elements per dtype-conversion chunk (1-2 MB: stays in cache)
+_HUGE_PAGES_FROM = 8 << 20  # bytes; smaller buffers are not worth a mapping of their own
+
+
+class _FlatBuffer:
+    """A zeroed copy of a template's structure backed by one flat tensor per (dtype,
+    device), with ``views`` giving each name its shaped slice of it."""
+
+    def __init__(self, template: Mapping[str, Tensor]) -> None:
+        sizes: dict[_Group, int] = {}
+        place: dict[str, tuple[_Group, int]] = {}
+        for name, t in template.items():
+            key = (t.dtype, t.device)
+            place[name] = (key, sizes.get(key, 0))
+            sizes[key] = sizes.get(key, 0) + t.numel()
+        self.flats: dict[_Group, Tensor] = {k: _zeros(n, *k) for k, n in sizes.items()}
+        # Per group, the names in layout order: what an update must match for the flat path.
+        self.layout: dict[_Group, list[str]] = {k: [] for k in sizes}
+        self.views: Params = {}
+        for name, t in template.items():
+            key, offset = place[name]
+            self.layout[key].append(name)
+            self.views[name] = self.flats[key][offset : offset + t.numel()].view(t.shape)
+        self._scratch: dict[_Group, Tensor] = {}
+
+    def add_(self, update: Mapping[str, Tensor], alpha: float) -> None:
+        """``self += alpha * update`` in place."""
+        for key, names in self.layout.items():
+            flat = self.flats[key]
+            src = _as_flat(update, names, flat)
+            if src is not None:
+                _axpy(flat, src, alpha)
+                continue
+            for name in names:
+                v, u = self.views[name], update[name]
+                if u.dtype == v.dtype:
+                    _axpy(v, u, alpha)
+                else:
+                    self._add_converted(key, v, u, alpha)
+
+    def _add_converted(self, key: _Group, acc: Tensor, u: Tensor, alpha: float) -> None:
+        """``acc += alpha * u`` for an update of another dtype, chunk by chunk through a
+        reused scratch buffer: ``u.to(dtype)`` (or a mixed-dtype ``add_``, which does the
+        same inside) would allocate, and page-fault, a whole tensor per update."""
+        a, x = acc.view(-1), u.reshape(-1)
+        n = a.numel()
+        scratch = self._scratch.get(key)
+        if scratch is None or scratch.numel() < min(n, _CHUNK):
+            scratch = torch.empty(min(n, _CHUNK), dtype=key[0], device=key[1])
+            self._scratch[key] = scratch
+        for start in range(0, n, _CHUNK):
+            k = min(_CHUNK, n - start)
+            buf = scratch[:k]
+            buf.copy_(x[start : start + k])
+            _axpy(a[start : start + k], buf, alpha)
+
+    def scale_(self, s: float) -> None:
+        """``self *= s`` in place: one multiply per flat buffer."""
+        for flat in self.flats.values():
+            flat.mul_(s)
+
+
+def _axpy(acc: Tensor, x: Tensor, alpha: float) -> None:
+    if alpha == 1.0:
+        acc.add_(x)  # Sum and Mean: no multiply at all
+    else:
+        acc.add_(x, alpha=alpha)
+
+
+def _zeros(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A zeroed 1-D tensor. A large CPU one is a private anonymous mapping advised to use
+    transparent huge pages: zero-filled by the kernel with 512x fewer page faults."""
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    size = n * torch.empty(0, dtype=dtype).element_size()
+    if device.type != "cpu" or advice is None or size < _HUGE_PAGES_FROM:
+        return torch.zeros(n, dtype=dtype, device=device)
+    try:
+        mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        mapping.madvise(advice)
+    except (OSError, ValueError):
+        return torch.zeros(n, dtype=dtype, device=device)
+    # The tensor keeps the mapping alive; it is unmapped when the last view is freed.
+    return torch.frombuffer(mapping, dtype=dtype, count=n)
+
+
+def _as_flat(update: Mapping[str, Tensor], names: list[str], like: Tensor) -> Tensor | None:
+    """One flat view of ``update[names]`` if they lie back to back in one storage, in this
+    order, with ``like``'s dtype and device; otherwise None (the per-tensor path)."""
+    if len(names) < 2:
+        return None
+    first = update[names[0]]
+    storage = first.untyped_storage()
+    ptr = storage.data_ptr()
+    start = expect = first.storage_offset()
+    for name in names:
+        t = update[name]
+        if (
+            t.dtype != like.dtype
+            or t.device != like.device
+            or not t.is_contiguous()
+            or t.storage_offset() != expect
+            or t.untyped_storage().data_ptr() != ptr
+        ):
+            return None
+        expect += t.numel()
+    if expect - start != like.numel():
+        return None
+    return torch.empty(0, dtype=like.dtype, device=like.device).set_(
+        storage, start, (like.numel(),), (1,)
+    )
 
 
 @dataclass
 class _RunningSum:
-    buffer: Params
+    buffer: _FlatBuffer
     weighted: bool
     normalize: bool
     count: int = 0
     total_weight: float = 0.0
+    _result: Params | None = None
 
     def add(self, update: Params, weight: float, client: ClientId = "") -> None:
+        if self._result is not None:
+            raise ValueError(
+                "this accumulator already produced its result (computed in place in its "
+                "buffer); open a new one for another aggregate"
+            )
         if weight < 0:
             raise ValueError(f"aggregation weight must be >= 0, got {weight}")
+        check_same_structure(self.buffer.views, update)
         w = float(weight) if self.weighted else 1.0
-        add_(self.buffer, update, alpha=w)
+        self.buffer.add_(update, alpha=w)
         self.count += 1
         self.total_weight += w
 
     def result(self) -> Params:
+        if self._result is not None:
+            return self._result
         if self.count == 0:
             raise ValueError("no update was aggregated")
-        if not self.normalize:
-            return self.buffer
-        if self.total_weight <= 0:
-            raise ValueError("total aggregation weight is 0")
-        return scale(self.buffer, 1.0 / self.total_weight)
+        if self.normalize:
+            if self.total_weight <= 0:
+                raise ValueError("total aggregation weight is 0")
+            self.buffer.scale_(1.0 / self.total_weight)
+        self._result = self.buffer.views
+        return self._result
 
     def report(self) -> dict[ClientId, float]:
         return {}
@@ -46,7 +196,7 @@ class Sum:
     linear: bool = field(default=True, init=False)
 
     def open(self, template: Params) -> _RunningSum:
-        return _RunningSum(zeros_like(template), weighted=False, normalize=False)
+        return _RunningSum(_FlatBuffer(template), weighted=False, normalize=False)
 
 
 @dataclass(frozen=True)
@@ -55,7 +205,7 @@ class Mean:
     linear: bool = field(default=True, init=False)
 
     def open(self, template: Params) -> _RunningSum:
-        return _RunningSum(zeros_like(template), weighted=False, normalize=True)
+        return _RunningSum(_FlatBuffer(template), weighted=False, normalize=True)
 
 
 @dataclass(frozen=True)
@@ -64,4 +214,4 @@ class WeightedMean:
     linear: bool = field(default=True, init=False)
 
     def open(self, template: Params) -> _RunningSum:
-        return _RunningSum(zeros_like(template), weighted=True, normalize=True)
+        return _RunningSum(_FlatBuffer(template), weighted=True, normalize=True)

@@ -1,7 +1,14 @@
-"""Backends: where participants run (sequential, processes; more to come)."""
+"""Backends: where participants run.
+
+``Sequential`` (one at a time, bit-reproducible), ``Processes`` (a forked pool),
+``Vectorized`` (groups of participants as one ``torch.func`` program), ``RayBackend``
+(Ray actors, local or on a cluster; Ray is imported only when it starts) and, in
+``fedforge.backends.grpc_backend``, real participant processes over gRPC.
+"""
 
 from fedforge.backends.base import Backend, ClientFailure, Job
 from fedforge.backends.processes import Processes
+from fedforge.backends.ray_backend import RayBackend
 from fedforge.backends.sequential import Sequential
 
-__all__ = ["Backend", "ClientFailure", "Job", "Processes", "Sequential"]
+__all__ = ["Backend", "ClientFailure", "Job", "Processes", "RayBackend", "Sequential"]
