@@ -503,14 +503,6 @@ class WireBytesMismatch(AssertionError):
     """Only this failure is the expected one below; any other assertion is a real failure."""
 
 
-@pytest.mark.xfail(
-    raises=WireBytesMismatch,
-    strict=True,
-    reason="over gRPC the uplink pipeline runs on the server: the participant pushes its "
-    "float32 update and Server._receive encodes and decodes it after it arrived, so the wire "
-    "carries 4x what the history reports (fedforge/transport/participant.py _push, "
-    "fedforge/server/server.py _receive)",
-)
 def test_uplink_compression_of_adapters_reaches_the_wire_over_grpc(texts):
     """Participants as threads of this process, still over a real gRPC socket."""
     from fedforge.backends.grpc_backend import GrpcBackend

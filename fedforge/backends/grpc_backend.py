@@ -13,19 +13,27 @@ a fit task asks for the participant's masked input, and only those in the round'
 get one; the others fail with the reason, and no participant is ever asked for its
 update in the clear. The masked words go to the secure aggregation round, and the server
 gets a placeholder update (zeros) in their place (see ``fedforge.transport.secagg``).
+
+Uplink compression (the ``Server``'s pipeline) runs on the participants: ``Server.run``
+calls ``encode_uplink`` with the pipeline and its per-task transform context, each fit task
+carries both (``fedforge.transport.uplink``), the participant pushes the encoded bytes and
+the server only decodes them, so the bytes the history counts are the bytes on the socket.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fedforge.backends.base import ClientFailure, Job
 from fedforge.client.types import Client, EvalResult, FitResult
 from fedforge.params import ClientId, Params, zeros_like
+from fedforge.transforms import Context, Pipeline
+from fedforge.transport import uplink as up
 from fedforge.transport.chunks import Payload
+from fedforge.transport.proto import fedforge_pb2 as pb
 from fedforge.transport.registry import Kind, Registry, Task
 
 log = logging.getLogger(__name__)
@@ -54,6 +62,32 @@ class GrpcBackend:
         self.registry = registry
         self.round_timeout = round_timeout
         self.traffic: list[RoundTraffic] = []
+        self._uplink: str | None = None  # the pipeline spec fit tasks carry (None: raw updates)
+        self._context: Callable[[int, ClientId], Context] | None = None
+
+    def encode_uplink(
+        self, pipeline: Pipeline, context: Callable[[int, ClientId], Context]
+    ) -> None:
+        """Have participants encode their updates with ``pipeline`` under ``context(r, cid)``."""
+        self._uplink, self._context = None, None
+        if not pipeline.transforms:
+            return
+        try:
+            self._uplink = up.spec(pipeline)
+        except up.SpecError as exc:  # a custom transform: it runs on the server, as before
+            log.warning("uplink pipeline runs on the server (the wire carries float32): %s", exc)
+            return
+        self._context = context
+
+    def _uplink_for(self, cid: ClientId, rnd: int) -> pb.Uplink | None:
+        if self._uplink is None or self._context is None:
+            return None
+        ctx = self._context(rnd, cid)
+        return pb.Uplink(
+            pipeline=self._uplink,
+            seed=ctx.seed,
+            round_seed=ctx.round_seed if ctx.round_seed is not None else 0,
+        )
 
     def start(self, clients: Mapping[ClientId, Client]) -> None:
         if clients is not self.registry:
@@ -72,7 +106,8 @@ class GrpcBackend:
         entries: list[Task | tuple[ClientId, ClientFailure]] = []
         for cid, info in jobs:
             if secure is None:
-                entries.append(self.registry.submit(cid, kind, info, payload))
+                uplink = self._uplink_for(cid, info.round) if kind == "fit" else None
+                entries.append(self.registry.submit(cid, kind, info, payload, uplink=uplink))
                 continue
             # securely aggregated: ask for the masked input, never for the update itself
             req, why = remote.fit_request(cid) if remote is not None else (None, None)

@@ -161,19 +161,28 @@ class Server:
     def _info(self, kind: str, round_: int, cid: ClientId) -> RoundInfo:
         return RoundInfo(round_, derive_seed(self.seed, kind, round_, cid), dict(self.feedback))
 
-    def _receive(self, r: int, cid: ClientId, res: FitResult) -> tuple[Params, int, str | None]:
-        """Carry one update through the pipeline (participant encode, server decode) and
-        validate it. Returns (update, bytes on the wire, reason to leave it out or None)."""
-        why = check_update(res, self.params)
-        if why is not None or not self.pipeline.transforms:
-            return res.update, num_bytes(res.update), why
-        ctx = Context(
+    def transform_context(self, r: int, cid: ClientId) -> Context:
+        """The uplink pipeline's context for ``cid``'s round-``r`` update (both ends use it)."""
+        return Context(
             r,
             cid,
             derive_seed(self.seed, "transform", r, cid),
             round_seed=derive_seed(self.seed, "transform-round", r),  # RandomK(shared=True)
         )
-        payload = self.pipeline.encode(res.update, ctx)
+
+    def _receive(self, r: int, cid: ClientId, res: FitResult) -> tuple[Params, int, str | None]:
+        """Carry one update through the pipeline (participant encode, server decode) and
+        validate it. Returns (update, bytes on the wire, reason to leave it out or None)."""
+        encoded = getattr(res, "encoded", None)  # bytes: the participant already encoded (gRPC)
+        if isinstance(encoded, bytes):
+            payload = encoded
+            ctx = self.transform_context(r, cid)
+        else:
+            why = check_update(res, self.params)
+            if why is not None or not self.pipeline.transforms:
+                return res.update, num_bytes(res.update), why
+            ctx = self.transform_context(r, cid)
+            payload = self.pipeline.encode(res.update, ctx)
         try:
             update = self.pipeline.decode(payload, ctx, self.params)
         except PayloadError as exc:
@@ -320,6 +329,9 @@ class Server:
         rd = run_dir if isinstance(run_dir, RunDir) or run_dir is None else RunDir(run_dir)
         backend = backend or Sequential()
         backend.start(clients)
+        uplink = getattr(backend, "encode_uplink", None)  # gRPC: participants run the encode
+        if uplink is not None:
+            uplink(self.pipeline, self.transform_context)
         done_here = 0
         bar = tqdm(
             total=rounds, initial=self.round, desc="rounds", unit="round", disable=not progress

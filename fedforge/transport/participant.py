@@ -22,8 +22,10 @@ import grpc
 
 from fedforge.backends.base import describe
 from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo, Scalar
-from fedforge.params import ClientId
+from fedforge.params import ClientId, Params
 from fedforge.seeding import derive_seed
+from fedforge.server.validate import check_update
+from fedforge.transforms import Context
 from fedforge.transport.chunks import Cancelled, Payload, Stray, frames, read_payload
 from fedforge.transport.codec import WireError, parse_specs
 from fedforge.transport.proto import fedforge_pb2 as pb
@@ -31,6 +33,7 @@ from fedforge.transport.proto import fedforge_pb2_grpc as pb_grpc
 from fedforge.transport.secagg import SecAggSide
 from fedforge.transport.security import INSECURE_WARNING, ClientTLS
 from fedforge.transport.service import _GRPC_SLACK, PROTOCOL
+from fedforge.transport.uplink import PAYLOAD, EncodedFitResult, UplinkEncoder, as_tensor
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +146,7 @@ class _Participant:
         self.stats = ParticipantStats()
         self.seq = 0
         self.secagg = SecAggSide(client_id)  # secure aggregation state, per round
+        self.uplink = UplinkEncoder()  # the uplink pipeline and its state (error feedback)
 
     def _channel(self, chunk: int) -> grpc.Channel:
         opts = [
@@ -269,6 +273,9 @@ class _Participant:
                     if h.kind == "fit"
                     else self.client.evaluate(params, info)
                 )
+                if h.kind == "fit" and not masked and h.HasField("uplink"):
+                    assert isinstance(result, FitResult)
+                    result = self._encode(info.round, params, result, h.uplink)
             if masked:
                 assert isinstance(result, FitResult)
                 result = self.secagg.mask(info.round, params, result, h.secagg)
@@ -278,6 +285,16 @@ class _Participant:
             self._push(stub, session, h, chunk, error=describe(exc))
             return
         self._push(stub, session, h, chunk, result=result)
+
+    def _encode(self, rnd: int, params: Params, result: FitResult, h: pb.Uplink) -> FitResult:
+        """Run the server's uplink pipeline here, as ``Server._receive`` does in simulation.
+        An update that fails the server's checks is sent as it is, for the server to refuse
+        (like the simulation, which rejects it before encoding: the state does not move)."""
+        if check_update(result, params) is not None:
+            return result
+        ctx = Context(rnd, self.client_id, int(h.seed), round_seed=int(h.round_seed))
+        data = self.uplink.encode(h.pipeline, result.update, ctx)
+        return EncodedFitResult({}, result.num_examples, result.metrics, encoded=data)
 
     def _secagg(
         self, stub: pb_grpc.FederationStub, session: str, h: pb.TaskHeader, chunk: int, rnd: int
@@ -313,8 +330,12 @@ class _Participant:
         payload = Payload({})
         if reply is not None:
             head.secagg.CopyFrom(reply)
-        if isinstance(result, FitResult):
+        if isinstance(result, EncodedFitResult):
+            payload = Payload({PAYLOAD: as_tensor(result.encoded)})
+            head.encoded = True
+        elif isinstance(result, FitResult):
             payload = Payload({k: v.detach().contiguous() for k, v in result.update.items()})
+        if isinstance(result, FitResult):
             head.num_examples = result.num_examples
             head.metrics.update({k: float(v) for k, v in result.metrics.items()})
             head.tensors.extend(payload.layout.specs())

@@ -65,6 +65,7 @@ class Task:
     payload: Payload
     template: Layout  # what a fit result must look like
     secagg: pb.SecAggRequest | None = None  # a secagg stage, or a fit's masked-input request
+    uplink: pb.Uplink | None = None  # a fit whose update the participant encodes (uplink.py)
     outcome: Outcome | None = None
     claimed: bool = False  # a result stream for it is being received
     sent_bytes: int = 0
@@ -238,9 +239,10 @@ class Registry(Mapping[ClientId, RemoteClient]):
     def finish(self, reason: str) -> None:
         """Tell every participant that training is over; refuse new joins."""
         with self._lock:
-            self.finished = reason
+            self.finished = self.finished or reason  # the first reason stands
             for s in list(self._sessions.values()):
-                s.closed = reason
+                if s.closed is None:
+                    s.closed = reason
                 s.outbox.put(None)
             self._lock.notify_all()
 
@@ -254,9 +256,17 @@ class Registry(Mapping[ClientId, RemoteClient]):
         payload: Payload,
         template: Layout | None = None,
         secagg: pb.SecAggRequest | None = None,
+        uplink: pb.Uplink | None = None,
     ) -> Task:
         task = Task(
-            secrets.token_hex(16), cid, kind, info, payload, template or payload.layout, secagg
+            secrets.token_hex(16),
+            cid,
+            kind,
+            info,
+            payload,
+            template or payload.layout,
+            secagg,
+            uplink,
         )
         with self._lock:
             self._tasks[task.id] = task

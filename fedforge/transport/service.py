@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 import grpc
+import torch
 
 from fedforge.backends.base import ClientFailure
 from fedforge.client.types import EvalResult, FitResult
@@ -26,6 +27,7 @@ from fedforge.transport.proto import fedforge_pb2 as pb
 from fedforge.transport.proto import fedforge_pb2_grpc as pb_grpc
 from fedforge.transport.registry import Refusal, Registry, SecAggAnswer, Session, Task
 from fedforge.transport.security import Revocations, ServerTLS, peer_identity
+from fedforge.transport.uplink import PAYLOAD, EncodedFitResult
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ def _task_frame(t: Task) -> pb.Frame:
     )
     if t.secagg is not None:
         header.secagg.CopyFrom(t.secagg)
+    if t.uplink is not None:
+        header.uplink.CopyFrom(t.uplink)
     return pb.Frame(task=header)
 
 
@@ -228,6 +232,20 @@ class FederationService(pb_grpc.FederationServicer):
             _expect_trailer(rest)
             return EvalResult(float(h.loss), int(h.num_examples), metrics)
         layout = parse_specs(h.tensors, h.payload_bytes, self.limits.max_message_bytes)
+        if h.encoded:  # the uplink pipeline's bytes; the server decodes and validates them
+            if task.uplink is None:
+                raise WireError("an encoded update answers only a task that asked for one")
+            if (
+                layout.names != (PAYLOAD,)
+                or layout.dtypes != (torch.uint8,)
+                or len(layout.shapes[0]) != 1
+            ):
+                raise WireError(f"an encoded update is one 1-d uint8 tensor {PAYLOAD!r}")
+            tensors = read_payload(rest, layout, self.limits.chunk_bytes)
+            task.received_bytes = layout.total
+            _expect_end(rest)
+            data = tensors[PAYLOAD].numpy().tobytes()
+            return EncodedFitResult({}, int(h.num_examples), metrics, encoded=data)
         why = describe_mismatch(task.template, layout)
         if why is not None:
             raise WireError(f"update does not match the model: {why}")

@@ -17,10 +17,7 @@ class TensorSpec(_message.Message):
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     def __init__(
-        self,
-        name: str | None = ...,
-        dtype: str | None = ...,
-        shape: _Iterable[int] | None = ...,
+        self, name: str | None = ..., dtype: str | None = ..., shape: _Iterable[int] | None = ...
     ) -> None: ...
 
 class Scalar(_message.Message):
@@ -34,11 +31,7 @@ class Scalar(_message.Message):
     s: str
     b: bool
     def __init__(
-        self,
-        f: float | None = ...,
-        i: int | None = ...,
-        s: str | None = ...,
-        b: bool | None = ...,
+        self, f: float | None = ..., i: int | None = ..., s: str | None = ..., b: bool | None = ...
     ) -> None: ...
 
 class JoinRequest(_message.Message):
@@ -84,6 +77,7 @@ class TaskHeader(_message.Message):
         "tensors",
         "payload_bytes",
         "secagg",
+        "uplink",
     )
     class FeedbackEntry(_message.Message):
         __slots__ = ("key", "value")
@@ -112,6 +106,7 @@ class TaskHeader(_message.Message):
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
+    UPLINK_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     kind: str
     round: int
@@ -121,6 +116,7 @@ class TaskHeader(_message.Message):
     tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     payload_bytes: int
     secagg: SecAggRequest
+    uplink: Uplink
     def __init__(
         self,
         task_id: str | None = ...,
@@ -132,6 +128,19 @@ class TaskHeader(_message.Message):
         tensors: _Iterable[TensorSpec | _Mapping] | None = ...,
         payload_bytes: int | None = ...,
         secagg: SecAggRequest | _Mapping | None = ...,
+        uplink: Uplink | _Mapping | None = ...,
+    ) -> None: ...
+
+class Uplink(_message.Message):
+    __slots__ = ("pipeline", "seed", "round_seed")
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    ROUND_SEED_FIELD_NUMBER: _ClassVar[int]
+    pipeline: str
+    seed: int
+    round_seed: int
+    def __init__(
+        self, pipeline: str | None = ..., seed: int | None = ..., round_seed: int | None = ...
     ) -> None: ...
 
 class ResultHeader(_message.Message):
@@ -147,6 +156,7 @@ class ResultHeader(_message.Message):
         "payload_bytes",
         "error",
         "secagg",
+        "encoded",
     )
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
@@ -167,6 +177,7 @@ class ResultHeader(_message.Message):
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
+    ENCODED_FIELD_NUMBER: _ClassVar[int]
     session: str
     task_id: str
     seq: int
@@ -178,6 +189,7 @@ class ResultHeader(_message.Message):
     payload_bytes: int
     error: str
     secagg: SecAggReply
+    encoded: bool
     def __init__(
         self,
         session: str | None = ...,
@@ -191,6 +203,7 @@ class ResultHeader(_message.Message):
         payload_bytes: int | None = ...,
         error: str | None = ...,
         secagg: SecAggReply | _Mapping | None = ...,
+        encoded: bool | None = ...,
     ) -> None: ...
 
 class SecAggSetup(_message.Message):

@@ -1,0 +1,189 @@
+"""Uplink compression over gRPC: the participants encode, the socket carries the encoded
+bytes, the server only decodes; the result is bit for bit the simulation's."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedforge import config as C
+from fedforge.client.types import RoundInfo
+from fedforge.experiment import build
+from fedforge.params import num_bytes
+from fedforge.server import checkpoint as ckpts
+from fedforge.transforms import (
+    Cast,
+    Context,
+    ErrorFeedback,
+    LowRank,
+    Pipeline,
+    Quantize,
+    RandomK,
+    TopK,
+    Zstd,
+)
+from fedforge.transport import uplink as up
+from fedforge.transport.chunks import Payload
+from fedforge.transport.registry import Registry
+from fedforge.transport.testing import fedforge, only_run_dir, overrides, read_port, set_args
+
+PIPELINES = {
+    "quantize8+zstd": "[{kind: quantize, bits: 8}, {kind: zstd}]",
+    "ef(topk0.1)+quantize8": (
+        "[{kind: error_feedback, inner: [{kind: topk, fraction: 0.1}, {kind: quantize, bits: 8}]}]"
+    ),
+}
+_STATS = re.compile(r"participant (\S+) finished: ParticipantStats\((.*)\)$", re.M)
+
+
+@pytest.mark.parametrize("uplink", list(PIPELINES), ids=list(PIPELINES))
+def test_participant_processes_encode_and_match_the_simulation(tmp_path, uplink):
+    runs = tmp_path / "runs"
+    sets = overrides(
+        runs,
+        "model.name=mlp",
+        "model.hidden=[256]",
+        "server.rounds=3",
+        f"compression.uplink={PIPELINES[uplink]}",
+    )
+    port_file = tmp_path / "port"
+    server = fedforge(
+        ["server", *set_args(sets), "--insecure", "--port-file", str(port_file), "--no-progress"],
+        tmp_path / "server.log",
+    )
+    clients = []
+    try:
+        port = read_port(port_file)
+        for i, ids in enumerate(["0-4", "5-9"]):
+            args = ["client", "--server", f"127.0.0.1:{port}", *set_args(sets)]
+            clients.append(fedforge([*args, "--insecure", "--id", ids], tmp_path / f"c{i}.log"))
+        assert server.wait(timeout=200) == 0, (tmp_path / "server.log").read_text()[-3000:]
+        for c in clients:
+            assert c.wait(timeout=30) == 0
+    finally:
+        for p in [server, *clients]:
+            if p.poll() is None:
+                p.kill()
+
+    sim = build(C.validate(C.apply_overrides({}, sets)))
+    history = sim.server.run(sim.clients, 3, progress=False)
+    rd = only_run_dir(runs)
+    final = load_file(str(ckpts.list_checkpoints(rd / "checkpoints")[-1] / "params.safetensors"))
+    for k, v in sim.server.params.items():
+        assert torch.equal(final[k], v), (k, (final[k] - v).abs().max())
+
+    records = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
+    assert [r["bytes_up"] for r in records] == [r["bytes_up"] for r in history]
+    assert all(r["aggregated"] == 5 for r in records)
+    # What the participants pushed: the tensor bytes of every fit result (the encoded
+    # payload, one uint8 tensor), framing (protobuf headers, chunk frames, the SHA-256
+    # trailer, HTTP/2) not counted; the same bytes the history counts as bytes_up.
+    pushed: dict[str, int] = {}
+    for i in range(2):
+        for cid, body in _STATS.findall((tmp_path / f"c{i}.log").read_text()):
+            fields = dict(re.findall(r"(\w+)=(\d+)", body))
+            pushed[cid] = int(fields["bytes_up"])
+            assert "finished='training finished'" in body, body
+    assert len(pushed) == 10
+    assert sum(pushed.values()) == sum(r["bytes_up"] for r in records)
+    float32 = num_bytes(sim.server.params) * sum(r["aggregated"] for r in records)
+    assert 4 * sum(r["bytes_up"] for r in records) < float32  # at least 4x under float32
+    log = (tmp_path / "server.log").read_text()
+    ups = [int(m) for m in re.findall(r"round \d+ fit: .* up (\d+),", log)]
+    assert ups == [r["bytes_up"] for r in records]  # the socket's tensor bytes, per round
+
+
+def test_pipeline_spec_round_trips():
+    pipes = [
+        Pipeline([Quantize(8), Zstd(5)]),
+        Pipeline([ErrorFeedback(TopK(0.1), Quantize(4, block=64))]),
+        Pipeline([RandomK(0.2, unbiased=True, shared=True), Cast("bfloat16")]),
+        Pipeline([LowRank(2, oversample=3, power_iters=1)]),
+    ]
+    for p in pipes:
+        back = up.parse(up.spec(p))
+        assert repr(back.transforms) == repr(p.transforms)
+        assert up.spec(back) == up.spec(p)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "{}",
+        '[{"kind": "pickle"}]',
+        '[{"kind": "quantize", "bits": 8, "evil": 1}]',
+        '[{"kind": "quantize", "bits": [8]}]',
+        '[{"kind": "error_feedback", "inner": [{"kind": "error_feedback", "inner": []}]}]',
+        '[{"kind": "quantize", "bits": 99}]',
+    ],
+)
+def test_bad_pipeline_specs_are_refused(text):
+    with pytest.raises(up.SpecError):
+        up.parse(text)
+
+
+def test_encoder_keeps_error_feedback_state_per_participant():
+    """The participant-side encoder gives the bytes the simulation's pipeline gives."""
+    pipe = Pipeline([ErrorFeedback(TopK(0.1)), Quantize(8)])
+    text = up.spec(pipe)
+    enc = up.UplinkEncoder()
+    g = torch.Generator().manual_seed(0)
+    for r in (1, 2, 3):
+        for cid in ("a", "b"):
+            update = {"w": torch.randn(50, generator=g)}
+            ctx = Context(r, cid, 1000 * r + ord(cid), round_seed=r)
+            assert enc.encode(text, update, ctx) == pipe.encode(update, ctx)
+    assert set(enc.pipeline(text).state_tensors()) == set(pipe.state_tensors())
+
+
+def test_finish_keeps_the_first_reason():
+    reg = Registry(["a"])
+    s = reg.join("a")
+    reg.attach(s)
+    reg.finish("training finished")
+    reg.finish("server stopped")
+    assert reg.finished == "training finished"
+    assert s.closed == "training finished"
+    # a task submitted now is refused, and the session's channel ends
+    t = reg.submit("a", "fit", RoundInfo(1, 0, {}), Payload({}))
+    assert t.done
+
+
+def test_encoded_payload_tensor_round_trips():
+    data = b"\x00\x01abc\xff"
+    assert up.as_tensor(data).numpy().tobytes() == data
+    assert up.as_tensor(b"").numel() == 0
+
+
+def test_server_decodes_what_the_participant_encoded():
+    """``Server._receive`` on an encoded result gives the simulation's update and size."""
+    import fedforge as ff
+
+    params = {"w": torch.zeros(40), "b": torch.zeros(3)}
+    update = {"w": torch.linspace(-1, 1, 40), "b": torch.tensor([0.5, -0.25, 2.0])}
+
+    def server() -> ff.Server:
+        pipe = Pipeline([ErrorFeedback(TopK(0.5)), Quantize(8), Zstd()])
+        return ff.Server(params, sampler=ff.Sampler(per_round=1, seed=0), pipeline=pipe, seed=3)
+
+    sim, remote = server(), server()
+    from fedforge.client.types import FitResult
+
+    raw = FitResult(update, 7, {})
+    want, size, why = sim._receive(1, "c", raw)
+    assert why is None
+    enc = up.UplinkEncoder()
+    data = enc.encode(up.spec(remote.pipeline), update, remote.transform_context(1, "c"))
+    got, n, why = remote._receive(1, "c", up.EncodedFitResult({}, 7, {}, encoded=data))
+    assert why is None and n == size == len(data)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert remote.pipeline.state_tensors() == {}  # the residual stays with the participant
+    _, _, why = remote._receive(1, "c", up.EncodedFitResult({}, 7, {}, encoded=data[:-3]))
+    assert why is not None and why.startswith("undecodable update")
+    _, _, why = remote._receive(1, "c", up.EncodedFitResult({}, 0, {}, encoded=data))
+    assert why is not None and "num_examples" in why
