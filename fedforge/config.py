@@ -158,6 +158,15 @@ class RandomKT(_Strict):
     kind: Literal["randomk"] = "randomk"
     fraction: float = Field(0.01, gt=0, le=1)
     unbiased: bool = False
+    shared: bool = False  # one mask per round for everyone (needed under secure aggregation)
+
+
+class LowRankT(_Strict):
+    kind: Literal["lowrank"] = "lowrank"
+    rank: int = Field(4, ge=1)
+    oversample: int = Field(8, ge=0)
+    power_iters: int = Field(2, ge=0)
+    unbiased: bool = False
 
 
 class ZstdT(_Strict):
@@ -165,7 +174,9 @@ class ZstdT(_Strict):
     level: int = Field(3, ge=1, le=22)
 
 
-LossyConfig = Annotated[CastT | QuantizeT | TopKT | RandomKT | ZstdT, Field(discriminator="kind")]
+LossyConfig = Annotated[
+    CastT | QuantizeT | TopKT | RandomKT | LowRankT | ZstdT, Field(discriminator="kind")
+]
 
 
 class ErrorFeedbackT(_Strict):
@@ -174,7 +185,8 @@ class ErrorFeedbackT(_Strict):
 
 
 TransformConfig = Annotated[
-    CastT | QuantizeT | TopKT | RandomKT | ZstdT | ErrorFeedbackT, Field(discriminator="kind")
+    CastT | QuantizeT | TopKT | RandomKT | LowRankT | ZstdT | ErrorFeedbackT,
+    Field(discriminator="kind"),
 ]
 
 
@@ -332,8 +344,37 @@ class ServerConfig(_Strict):
 
 
 class BackendConfig(_Strict):
-    kind: Literal["sequential", "processes"] = "sequential"
+    """Where participants run. ``sequential``: one at a time in this process;
+    ``processes``: a pool of ``workers`` forked processes; ``vectorized``: groups of up to
+    ``clients_per_batch`` participants trained as one ``torch.func`` program (models it
+    cannot vectorize fall back to one at a time, with a message); ``ray``: Ray actors on a
+    local Ray (``num_cpus``) or the cluster at ``address`` (needs ``fedforge[ray]``).
+    ``threads``: torch intra-op threads per participant run (per worker / actor)."""
+
+    kind: Literal["sequential", "processes", "vectorized", "ray"] = "sequential"
     workers: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1)
+    clients_per_batch: int = Field(256, ge=1)
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> BackendConfig:
+        only = {
+            "workers": ("processes", "ray"),
+            "clients_per_batch": ("vectorized",),
+            "address": ("ray",),
+            "num_cpus": ("ray",),
+        }
+        for key, kinds in only.items():
+            # Compared with the default, not model_fields_set: a dumped config (run dir,
+            # --resume) spells out every key with its default.
+            default = type(self).model_fields[key].default
+            if getattr(self, key) != default and self.kind not in kinds:
+                raise ValueError(
+                    f"backend.{key} applies to kind {' or '.join(kinds)}, not {self.kind!r}"
+                )
+        return self
 
 
 class RunConfig(_Strict):

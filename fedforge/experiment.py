@@ -43,6 +43,7 @@ from fedforge.transforms import (
     Broadcast,
     Cast,
     ErrorFeedback,
+    LowRank,
     Pipeline,
     Quantize,
     RandomK,
@@ -237,7 +238,12 @@ def _(cfg: C.TopKT) -> Transform:
 
 @build_transform.register
 def _(cfg: C.RandomKT) -> Transform:
-    return RandomK(cfg.fraction, cfg.unbiased)
+    return RandomK(cfg.fraction, cfg.unbiased, shared=cfg.shared)
+
+
+@build_transform.register
+def _(cfg: C.LowRankT) -> Transform:
+    return LowRank(cfg.rank, cfg.oversample, cfg.power_iters, cfg.unbiased)
 
 
 @build_transform.register
@@ -268,6 +274,23 @@ class Simulation:
     clients: dict[ClientId, TorchClient]
     server: Server
     backend: Backend
+
+
+def make_backend(b: C.BackendConfig) -> Backend:
+    """The backend a ``[backend]`` section describes (Ray is imported only for kind ray)."""
+    if b.kind == "processes":
+        return Processes(b.workers, threads_per_worker=b.threads or 1)
+    if b.kind == "vectorized":
+        from fedforge.backends.vectorized import Vectorized
+
+        return Vectorized(b.clients_per_batch, threads=b.threads)
+    if b.kind == "ray":
+        from fedforge.backends.ray_backend import RayBackend
+
+        return RayBackend(
+            address=b.address, num_cpus=b.num_cpus, actors=b.workers, threads_per_actor=b.threads
+        )
+    return Sequential(threads=b.threads)
 
 
 def build(cfg: C.ExperimentConfig) -> Simulation:
@@ -310,9 +333,7 @@ def build(cfg: C.ExperimentConfig) -> Simulation:
             )
         fed = Sampler(per_round=s.federated_eval_clients, seed=cfg.seed + 1)
         fed.check(len(clients))
-    backend: Backend = (
-        Processes(cfg.backend.workers) if cfg.backend.kind == "processes" else Sequential()
-    )
+    backend = make_backend(cfg.backend)
     server = Server(
         from_module(model),
         sampler=sampler,

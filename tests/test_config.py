@@ -91,3 +91,66 @@ def test_classifier_on_regression_data_is_refused():
     )
     with pytest.raises(C.ConfigError, match="regression"):
         build(cfg)
+
+
+def test_backend_keys_must_fit_the_kind():
+    assert "backend.clients_per_batch applies to kind vectorized" in _err(
+        ["backend.kind=processes", "backend.clients_per_batch=8"]
+    )
+    assert "backend.address applies to kind ray" in _err(["backend.address=auto"])
+    assert "backend.threads" in _err(["backend.threads=0"])
+    assert "backend.kind" in _err(["backend.kind=gpu"])
+
+
+def test_vectorized_backend_from_config_matches_sequential():
+    """The same config on the vectorized and the sequential backend ends with the same model."""
+    import torch
+
+    from fedforge.backends.vectorized import Vectorized
+
+    base = [
+        "data.dataset=breast_cancer",
+        "model.name=logistic",
+        "server.clients_per_round=5",
+        "server.rounds=2",
+        "data.eval_fraction=0",
+    ]
+    finals = []
+    for extra in (["backend.threads=1"], ["backend.kind=vectorized", "backend.clients_per_batch=3"]):
+        sim = build(C.validate(C.apply_overrides({}, base + extra)))
+        if "backend.kind=vectorized" in extra:
+            assert isinstance(sim.backend, Vectorized) and sim.backend.clients_per_batch == 3
+        sim.server.run(sim.clients, rounds=2, backend=sim.backend, progress=False)
+        finals.append(sim.server.params)
+    for k in finals[0]:
+        torch.testing.assert_close(finals[0][k], finals[1][k], atol=1e-5, rtol=0)
+
+
+def test_lowrank_and_shared_randomk_from_config():
+    from fedforge.transforms import LowRank, RandomK
+
+    cfg = C.validate(
+        C.apply_overrides(
+            {
+                "data": {"dataset": "breast_cancer"},
+                "model": {"name": "logistic"},
+                "server": {"clients_per_round": 5},
+                "compression": {
+                    "uplink": [
+                        {"kind": "lowrank", "rank": 2, "unbiased": True},
+                        {"kind": "quantize", "bits": 8},
+                    ]
+                },
+            },
+            [],
+        )
+    )
+    stages = build(cfg).server.pipeline.transforms
+    assert isinstance(stages[0], LowRank) and stages[0].rank == 2 and stages[0].unbiased
+    bad = {"compression": {"uplink": [{"kind": "lowrank", "rank": 0}]}}
+    assert "compression.uplink.0.lowrank.rank" in _err([], bad)
+    shared = C.validate({"compression": {"uplink": [{"kind": "randomk", "shared": True}]}})
+    from fedforge.experiment import build_pipeline
+
+    (rk,) = build_pipeline(shared.compression.uplink, "compression.uplink").transforms
+    assert isinstance(rk, RandomK) and rk.shared

@@ -10,5 +10,6 @@ from fedforge.backends.base import Backend, ClientFailure, Job
 from fedforge.backends.processes import Processes
 from fedforge.backends.ray_backend import RayBackend
 from fedforge.backends.sequential import Sequential
+from fedforge.backends.vectorized import Vectorized
 
-__all__ = ["Backend", "ClientFailure", "Job", "Processes", "RayBackend", "Sequential"]
+__all__ = ["Backend", "ClientFailure", "Job", "Processes", "RayBackend", "Sequential", "Vectorized"]

@@ -1,0 +1,743 @@
+"""The vectorized backend: many ``TorchClient``s trained at once as one tensor program.
+
+Simulating thousands of participants one after another spends most of its time in
+Python and in tiny kernels: a client with 60 examples runs two mini-batches of a
+7,850-parameter model. Here a group of participants that share one ``nn.Module`` is
+trained together: the global parameters are stacked once per participant, and each
+local SGD step is a single ``torch.func.vmap(torch.func.grad(...))`` over the stack,
+so one round of 10,000 participants is a few hundred large kernels instead of tens of
+thousands of small ones.
+
+The math is TorchClient's, replayed exactly:
+
+* the same batches: each participant's shuffling comes from
+  ``torch.Generator().manual_seed(info.seed)`` and one ``torch.randperm(n)`` per epoch,
+  cut into batches of ``batch_size`` (the last one partial), or ``steps`` batches that
+  roll over into new epochs (``iterate_batches`` / ``iterate_steps``);
+* the same loss: the task's loss per example, each example weighted by
+  ``1 / (true size of its batch)``, so a padded batch contributes exactly the batch
+  mean; padding rows (a copy of the participant's own first example) weigh 0;
+* the same optimizer: ``torch.optim.SGD``'s update (lr, momentum, dampening, Nesterov,
+  weight decay, maximize), FedProx's ``mu/2 * ||w - w_global||^2``;
+* the same answer: ``FitResult(new - old, len(train), {"train_loss", "local_steps"})``.
+
+Participants with fewer steps than others in their group simply stop: the group is
+sorted by step count, so at step ``t`` the still-active participants are a prefix of
+the stack and only that prefix is computed and updated (a finished participant's
+parameters and momentum are not touched again).
+
+Whatever cannot be replayed this way runs on the sequential path, participant by
+participant, with one log message per reason: participants that are not plain
+``TorchClient``s, datasets that are not ``(inputs, targets)`` ``TensorDataset``s,
+optimizers other than ``torch.optim.SGD``, models with buffers (BatchNorm running
+statistics), dropout or layers ``torch.func`` cannot batch, models whose outputs for
+one example depend on the other examples of the batch, losses that are not a mean
+over examples. Results are yielded in job order, so the server's streaming aggregate
+sums in the same order as on every other backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from torch.nn import functional as F
+from torch.utils.data import TensorDataset
+
+from fedforge.backends.base import ClientFailure, Job, describe
+from fedforge.client.torch_client import TorchClient
+from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
+from fedforge.params import ClientId, Params
+
+log = logging.getLogger(__name__)
+
+PerExampleLoss = Callable[[Tensor, Tensor], Tensor]
+R = TypeVar("R")
+
+# Losses known to be a plain mean over their elements: per example, the same function
+# with ``reduction="none"`` averaged over everything but the batch dimension.
+_CLASS_INDEX_LOSSES: tuple[Callable[..., Tensor], ...] = (F.cross_entropy, F.nll_loss)
+_ELEMENTWISE_LOSSES: tuple[Callable[..., Tensor], ...] = (
+    F.mse_loss,
+    F.l1_loss,
+    F.smooth_l1_loss,
+    F.binary_cross_entropy_with_logits,
+)
+
+
+@dataclass(frozen=True)
+class _Hyper:
+    """Everything about one participant's optimizer that changes the math (hashable, so
+    participants with equal settings share a vectorized group)."""
+
+    lr: float
+    momentum: float
+    dampening: float
+    weight_decay: float
+    nesterov: bool
+    maximize: bool
+    prox_mu: float
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one participant trains, read from its ``TorchClient`` at ``start`` (and again if
+    its settings changed since: ``signature`` is compared before every round)."""
+
+    client: TorchClient
+    x: Tensor
+    y: Tensor
+    hyper: _Hyper
+    n: int
+    signature: tuple[object, ...]
+
+
+def _signature(client: TorchClient) -> tuple[object, ...]:
+    """What a plan was read from; any change (a new dataset, optimizer, batch size...)
+    makes the backend read the participant again."""
+    ds = client.train
+    tensors = tuple(map(id, ds.tensors)) if isinstance(ds, TensorDataset) else ()
+    return (
+        id(client.model),
+        id(ds),
+        tensors,
+        id(client.optimizer),
+        id(client.task.loss),
+        client.epochs,
+        client.steps,
+        client.batch_size,
+        client.prox_mu,
+    )
+
+
+@dataclass
+class _ModelGroup:
+    """A shared module and what the vectorized step needs to know about it."""
+
+    model: nn.Module
+    trainable: tuple[str, ...]
+    frozen: tuple[str, ...]
+    dtypes: dict[str, torch.dtype]  # each parameter's own: load_into casts to it
+    dtype: torch.dtype  # the first parameter's: batch weights and losses use it
+    device: torch.device
+    per_example: PerExampleLoss | None = None
+    loss_fn: Callable[..., Tensor] | None = None
+    unsupported: str | None = None  # set once the probe refused the model
+
+
+def _per_example_loss(loss: Callable[..., Tensor]) -> PerExampleLoss:
+    """``loss`` per example: torch's own ``reduction="none"`` for the losses known to be a
+    plain mean, otherwise ``loss`` on each example alone (a batch of one). Either way the
+    probe checks on real data that their mean equals ``loss`` of the whole batch."""
+    if loss in _CLASS_INDEX_LOSSES or loss in _ELEMENTWISE_LOSSES:
+
+        def known(out: Tensor, y: Tensor) -> Tensor:
+            per = loss(out, y, reduction="none")
+            return per.reshape(per.shape[0], -1).mean(dim=1)
+
+        return known
+
+    def generic(out: Tensor, y: Tensor) -> Tensor:
+        return vmap(lambda o, t: loss(o.unsqueeze(0), t.unsqueeze(0)))(out, y)
+
+    return generic
+
+
+def _sgd_hyper(client: TorchClient, model: nn.Module) -> _Hyper | str:
+    """The SGD settings the client's optimizer factory builds, or why they cannot be replayed."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        opt = client.optimizer(iter(trainable))
+    except Exception as exc:
+        return f"its optimizer factory failed on the model's parameters ({describe(exc)})"
+    if type(opt) is not torch.optim.SGD:
+        return f"its optimizer is {type(opt).__name__}; only torch.optim.SGD is vectorized"
+    if len(opt.param_groups) != 1:
+        return f"its optimizer has {len(opt.param_groups)} parameter groups; only one is vectorized"
+    g = opt.param_groups[0]
+    if {id(p) for p in g["params"]} != {id(p) for p in trainable}:
+        return "its optimizer does not train exactly the model's trainable parameters"
+    return _Hyper(
+        lr=float(g["lr"]),
+        momentum=float(g["momentum"]),
+        dampening=float(g["dampening"]),
+        weight_decay=float(g["weight_decay"]),
+        nesterov=bool(g["nesterov"]),
+        maximize=bool(g.get("maximize", False)),
+        prox_mu=float(client.prox_mu),
+    )
+
+
+def _model_reason(model: nn.Module) -> str | None:
+    """Why ``model`` cannot be trained through ``torch.func`` with TorchClient's exact
+    results, judged from its structure alone (None: try it)."""
+    buffers = [n for n, _ in model.named_buffers()]
+    if buffers:
+        return (
+            f"the model has buffers ({', '.join(buffers[:3])}), e.g. BatchNorm running "
+            "statistics, which training updates in place"
+        )
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.modules.dropout._DropoutNd) and mod.p > 0:
+            return (
+                f"the model uses dropout ({name or 'root'}: {type(mod).__name__}(p={mod.p})), "
+                "whose random masks come from the global RNG in TorchClient"
+            )
+    names = {n for n, _ in model.named_parameters()}
+    extra = [k for k in model.state_dict() if k not in names]
+    if extra:
+        return f"the model has tied or non-parameter tensors ({', '.join(extra[:3])})"
+    return None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The local batches of a group of participants, padded to one grid.
+
+    ``index[c, t, :counts[c, t]]`` are the examples (positions in participant ``c``'s own
+    dataset) of its ``t``-th batch; padding is 0; ``counts[c, t]`` is 0 once participant
+    ``c`` has run out of steps.
+    """
+
+    index: Tensor  # (participants, max steps, max batch width), int64
+    counts: Tensor  # (participants, max steps), int64
+    steps: Tensor  # (participants,), int64
+
+
+def _step_count(client: TorchClient, n: int) -> int:
+    per_epoch = -(-n // min(client.batch_size, n))
+    return client.steps if client.steps is not None else client.epochs * per_epoch
+
+
+def schedule(
+    clients: Sequence[TorchClient], sizes: Sequence[int], seeds: Sequence[int]
+) -> Schedule:
+    """The batches each ``client.fit`` draws with ``info.seed == seeds[c]``.
+
+    Reproduces ``TorchClient._batches``: a generator seeded with the round's seed draws
+    one ``torch.randperm(n)`` per epoch, cut into batches of ``batch_size`` with a
+    partial last one; ``steps`` mode takes exactly that many batches, rolling over into
+    new epochs. Only the permutations are drawn per participant (they must come from
+    its own generator); cutting them into batches is arithmetic on the whole grid.
+    """
+    gen = torch.Generator()
+    perms: list[Tensor] = []
+    n_l, w_l, k_l, t_l, base_l = [], [], [], [], []
+    flat = 0
+    for client, n, seed in zip(clients, sizes, seeds, strict=True):
+        width = min(client.batch_size, n)
+        per_epoch = -(-n // width)
+        steps = _step_count(client, n)
+        epochs = -(-steps // per_epoch)
+        gen.manual_seed(seed)  # a fresh seed resets the whole generator state
+        perms.extend(torch.randperm(n, generator=gen) for _ in range(epochs))
+        n_l.append(n)
+        w_l.append(width)
+        k_l.append(per_epoch)
+        t_l.append(steps)
+        base_l.append(flat)
+        flat += epochs * n
+    n_c, w_c, k_c, t_c, base = (
+        torch.tensor(v, dtype=torch.long).view(-1, 1, 1) for v in (n_l, w_l, k_l, t_l, base_l)
+    )
+    t = torch.arange(max(t_l)).view(1, -1, 1)
+    col = torch.arange(max(w_l)).view(1, 1, -1)
+    epoch, batch = t // k_c, t % k_c
+    within = batch * w_c + col
+    valid = (t < t_c) & (col < w_c) & (within < n_c)
+    pos = torch.where(valid, base + epoch * n_c + within, base)
+    index = torch.where(valid, torch.cat(perms)[pos], 0)
+    counts = valid.sum(dim=2)
+    return Schedule(index, counts, t_c.view(-1))
+
+
+def client_schedule(client: TorchClient, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """One participant's batches as ``(index (steps, width), true batch sizes (steps,))``."""
+    s = schedule([client], [n], [seed])
+    return s.index[0], s.counts[0]
+
+
+class Vectorized:
+    """Train groups of ``TorchClient``s sharing one model in one ``vmap``; fall back to
+    one-at-a-time for everything else.
+
+    ``clients_per_batch`` bounds how many participants are stacked at once (memory grows
+    with it: about four copies of the model per participant, plus one batch of
+    activations each); ``state_budget_bytes`` lowers it further for large models so that
+    the stacked parameters, gradients and momentum stay under that many bytes.
+    """
+
+    name = "vectorized"
+
+    def __init__(
+        self,
+        clients_per_batch: int = 256,
+        *,
+        state_budget_bytes: int = 1 << 30,
+        threads: int | None = None,
+    ) -> None:
+        if not isinstance(clients_per_batch, int) or clients_per_batch <= 0:
+            raise ValueError(
+                f"clients_per_batch must be a positive integer (participants trained together "
+                f"in one vectorized batch), got {clients_per_batch!r}"
+            )
+        if state_budget_bytes <= 0:
+            raise ValueError(f"state_budget_bytes must be > 0, got {state_budget_bytes}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {threads}")
+        self.clients_per_batch = clients_per_batch
+        self.state_budget_bytes = state_budget_bytes
+        self.threads = threads
+        self._clients: Mapping[ClientId, Client] = {}
+        self._plans: dict[ClientId, _Plan] = {}
+        self._groups: dict[int, _ModelGroup] = {}
+        self._said: set[str] = set()
+
+    # --- set-up ----------------------------------------------------------------------------
+
+    def start(self, clients: Mapping[ClientId, Client]) -> None:
+        """Decide once, per participant, whether it can be vectorized; say why not."""
+        self._clients = clients
+        self._plans = {}
+        self._groups = {}
+        refused: dict[str, list[ClientId]] = {}
+        for cid, client in clients.items():
+            plan = self._plan(client)
+            if isinstance(plan, str):
+                refused.setdefault(plan, []).append(cid)
+            else:
+                self._plans[cid] = plan
+        for group in self._groups.values():
+            members = [c for c, p in self._plans.items() if p.client.model is group.model]
+            if not members:
+                continue
+            reason = self._probe(group, [self._plans[c] for c in members[:8]])
+            if reason is not None:
+                group.unsupported = reason
+                for c in members:
+                    del self._plans[c]
+                refused.setdefault(reason, []).extend(members)
+        for reason, cids in refused.items():
+            self._say(
+                f"vectorized backend: {len(cids)} of {len(clients)} participants "
+                f"({_names(cids)}) run sequentially: {reason}"
+            )
+        log.info(
+            "vectorized backend: %d of %d participants vectorized in %d model group(s)",
+            len(self._plans),
+            len(clients),
+            sum(g.unsupported is None for g in self._groups.values()),
+        )
+
+    def _plan(self, client: Client) -> _Plan | str:
+        if type(client) is not TorchClient:
+            return f"they are {type(client).__name__}, not TorchClient"
+        ds = client.train
+        if not isinstance(ds, TensorDataset) or len(ds.tensors) != 2:
+            return "their training data is not an (inputs, targets) TensorDataset"
+        model = client.model
+        group = self._groups.get(id(model))
+        if group is None:
+            reason = _model_reason(model)
+            params = dict(model.named_parameters())
+            first = next(iter(params.values()), None)
+            group = _ModelGroup(
+                model=model,
+                trainable=tuple(k for k, p in params.items() if p.requires_grad),
+                frozen=tuple(k for k, p in params.items() if not p.requires_grad),
+                dtypes={k: p.dtype for k, p in params.items()},
+                dtype=first.dtype if first is not None else torch.float32,
+                device=first.device if first is not None else torch.device("cpu"),
+                unsupported=reason
+                or (None if first is not None else "the model has no parameters"),
+            )
+            self._groups[id(model)] = group
+        if group.unsupported is not None:
+            return group.unsupported
+        if group.loss_fn is None:
+            group.loss_fn = client.task.loss
+            group.per_example = _per_example_loss(client.task.loss)
+        elif client.task.loss is not group.loss_fn:
+            return "they share a model with participants that use a different loss"
+        x, y = ds.tensors
+        if client.task.loss in _CLASS_INDEX_LOSSES and y.numel() and int(y.min()) < 0:
+            return "their targets hold negative (ignored) class indices"
+        hyper = _sgd_hyper(client, model)
+        if isinstance(hyper, str):
+            return hyper
+        return _Plan(
+            client,
+            x.to(group.device),
+            y.to(group.device),
+            hyper,
+            int(x.shape[0]),
+            _signature(client),
+        )
+
+    def _probe(self, group: _ModelGroup, plans: Sequence[_Plan]) -> str | None:
+        """Run the model through ``torch.func`` on a few real examples and check what the
+        vectorized step relies on: batched forward equals the module's own forward, one
+        example's output does not depend on the others in its batch (padding is harmless),
+        the loss is a mean of per-example terms, and every parameter gets a gradient."""
+        model, per_example, loss_fn = group.model, group.per_example, group.loss_fn
+        assert per_example is not None and loss_fn is not None
+        x = torch.cat([p.x[:4] for p in plans])[:8]
+        y = torch.cat([p.y[:4] for p in plans])[:8]
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        was_training = model.training
+        model.train()
+        try:
+            with torch.no_grad():
+                ref = model(x)
+                stacked = {k: v.unsqueeze(0).expand(2, *v.shape) for k, v in params.items()}
+                batched = vmap(lambda p, xx: functional_call(model, p, (xx,)))(
+                    stacked, x.unsqueeze(0).expand(2, *x.shape)
+                )
+                if not torch.allclose(batched[1], ref, rtol=1e-4, atol=1e-5):
+                    return "torch.func's batched forward differs from the module's forward"
+                padded = functional_call(model, params, (torch.cat([x, x.flip(0) * 3 + 1]),))
+                if not torch.allclose(padded[: len(x)], ref, rtol=1e-4, atol=1e-5):
+                    return "one example's output depends on the other examples in its batch"
+                if loss_fn in _ELEMENTWISE_LOSSES and ref.shape != y.shape:
+                    return (
+                        f"the model's output shape {list(ref.shape)} differs from the targets' "
+                        f"{list(y.shape)}, so the loss broadcasts across examples"
+                    )
+                whole = loss_fn(ref, y)
+                split = per_example(ref, y)
+                if split.shape != (len(x),) or not torch.allclose(
+                    split.mean(), whole, rtol=1e-4, atol=1e-6
+                ):
+                    return f"the task's loss {_fn_name(loss_fn)} is not a mean over examples"
+            with torch.enable_grad():
+                live = [p for p in model.parameters() if p.requires_grad]
+                grads = torch.autograd.grad(loss_fn(model(x), y), live, allow_unused=True)
+            unused = [k for k, g in zip(group.trainable, grads, strict=True) if g is None]
+            if unused:
+                return (
+                    f"parameters {unused[:3]} get no gradient (torch.optim.SGD skips them, "
+                    "the vectorized step would not)"
+                )
+            hyper = plans[0].hyper
+            weights = torch.full((2, len(x)), 1.0 / len(x), dtype=group.dtype)
+            step = _make_step(group, hyper.prox_mu)
+            stacked = {
+                k: params[k].unsqueeze(0).repeat(2, *([1] * params[k].dim()))
+                for k in group.trainable
+            }
+            frozen = {k: params[k] for k in group.frozen}
+            anchors = {k: params[k] for k in group.trainable}
+            xx, yy = torch.stack([x, x]), torch.stack([y, y])
+            step(anchors, frozen, anchors, xx, yy, weights, shared=True)
+            step(stacked, frozen, anchors, xx, yy, weights)
+        except Exception as exc:
+            return (
+                "running the model through torch.func on a few of its examples failed: "
+                f"{describe(exc)}"
+            )
+        finally:
+            model.train(was_training)
+        return None
+
+    def _say(self, message: str) -> None:
+        if message not in self._said:
+            self._said.add(message)
+            log.warning("%s", message)
+
+    # --- fit -------------------------------------------------------------------------------
+
+    def fit(
+        self, jobs: Sequence[Job], params: Params
+    ) -> Iterator[tuple[ClientId, FitResult | ClientFailure]]:
+        """Train the jobs in windows of ``clients_per_batch``: the window's vectorizable
+        participants together (one program per model and optimizer setting), the rest one
+        by one; yield the window's results in job order before starting the next."""
+        before = torch.get_num_threads()
+        i = 0
+        while i < len(jobs):
+            window = jobs[i : i + self.clients_per_batch]
+            i += len(window)
+            if self.threads is not None:
+                torch.set_num_threads(self.threads)
+            try:
+                done = self._fit_window(window, params)
+            finally:
+                torch.set_num_threads(before)
+            for j, (cid, info) in enumerate(window):
+                res = done.get(j)
+                yield cid, res if res is not None else self._sequential_fit(cid, params, info)
+
+    def _fit_window(self, window: Sequence[Job], params: Params) -> dict[int, FitResult]:
+        """Results of the window's vectorizable jobs, keyed by position in the window."""
+        groups: dict[tuple[int, _Hyper], list[int]] = {}
+        names = set(params)
+        usable: dict[int, bool] = {}
+        for j, (cid, _) in enumerate(window):
+            plan = self._current_plan(cid)
+            if plan is None:
+                continue
+            group = self._groups[id(plan.client.model)]
+            ok = usable.get(id(group.model))
+            if ok is None:
+                ok = usable[id(group.model)] = group.unsupported is None and names == set(
+                    group.trainable + group.frozen
+                )
+                if group.unsupported is None and not ok:
+                    self._say(
+                        "vectorized backend: the global parameters do not name exactly the "
+                        "model's parameters; its participants run sequentially"
+                    )
+            if ok:
+                groups.setdefault((id(group.model), plan.hyper), []).append(j)
+        out: dict[int, FitResult] = {}
+        for (model_id, hyper), members in groups.items():
+            group = self._groups[model_id]
+            cap = self._cap(group, params)
+            for s in range(0, len(members), cap):
+                chunk = members[s : s + cap]
+                try:
+                    results = self._fit_group(group, hyper, [window[j] for j in chunk], params)
+                except Exception as exc:  # e.g. out of memory: this chunk goes one by one
+                    self._say(
+                        f"vectorized backend: a batch of {len(chunk)} participants failed "
+                        f"({describe(exc)}); running them sequentially"
+                    )
+                    continue
+                out.update(zip(chunk, results, strict=True))
+        return out
+
+    def _current_plan(self, cid: ClientId) -> _Plan | None:
+        """The participant's plan, read again if its settings changed since ``start`` (e.g.
+        an attack swapped its dataset); None if it runs sequentially."""
+        plan = self._plans.get(cid)
+        if plan is None or plan.signature == _signature(plan.client):
+            return plan
+        fresh = self._plan(plan.client)
+        if isinstance(fresh, str):
+            del self._plans[cid]
+            self._say(f"vectorized backend: participant {cid} now runs sequentially: {fresh}")
+            return None
+        self._plans[cid] = fresh
+        return fresh
+
+    def _cap(self, group: _ModelGroup, params: Params) -> int:
+        per_client = sum(params[k].numel() for k in group.trainable) * group.dtype.itemsize * 4
+        return max(1, min(self.clients_per_batch, self.state_budget_bytes // max(per_client, 1)))
+
+    def _fit_group(
+        self, group: _ModelGroup, hyper: _Hyper, jobs: Sequence[Job], params: Params
+    ) -> list[FitResult]:
+        """Run local SGD for ``jobs`` (participants of one model and one SGD setting) at
+        once; returns their results in the order of ``jobs``."""
+        plans = [self._plans[cid] for cid, _ in jobs]
+        steps = np.array([_step_count(p.client, p.n) for p in plans])
+        order = np.argsort(-steps, kind="stable")  # most steps first: active = a prefix
+        plans = [plans[o] for o in order]
+        sched = schedule(
+            [p.client for p in plans], [p.n for p in plans], [jobs[o][1].seed for o in order]
+        )
+        c, t_max = len(plans), int(steps.max())
+        counts = sched.counts
+        width = sched.index.shape[2]
+        valid = (torch.arange(width) < counts.unsqueeze(-1)).to(group.dtype)
+        weights = (valid / counts.clamp(min=1).unsqueeze(-1).to(group.dtype)).to(group.device)
+        index = sched.index.to(group.device)
+        active = [int((steps > t).sum()) for t in range(t_max)]
+        widths = counts.max(dim=0).values.tolist()
+
+        base = {k: params[k].to(device=group.device, dtype=group.dtypes[k]) for k in params}
+        frozen = {k: base[k] for k in group.frozen}
+        anchors = {k: base[k] for k in group.trainable}
+        stack = anchors  # step 0: every participant starts from the one global copy
+        momentum: dict[str, Tensor] = {}
+        loss_sum = torch.zeros(c, dtype=torch.float64, device=group.device)
+        step = _make_step(group, hyper.prox_mu)
+        with torch.no_grad():
+            for t in range(t_max):
+                a, b, first = active[t], widths[t], t == 0
+                x, y = _gather([p.x for p in plans[:a]], [p.y for p in plans[:a]], index[:a, t, :b])
+                live = stack if first else {k: v[:a] for k, v in stack.items()}
+                grads, losses = step(live, frozen, anchors, x, y, weights[:a, t, :b], shared=first)
+                loss_sum[:a] += losses.double()
+                updated = _sgd_step(live, grads, momentum, hyper, first=first, active=a)
+                if first:
+                    stack = updated
+
+        deltas = {
+            k: (stack[k] if k in stack else base[k].unsqueeze(0).expand(c, *base[k].shape))
+            - params[k]
+            for k in group.model.state_dict()
+        }
+        rows = {k: v.unbind(0) for k, v in deltas.items()}  # views: no copy per participant
+        losses_per_row = loss_sum.tolist()
+        results: list[FitResult | None] = [None] * c
+        for row, (o, plan) in enumerate(zip(order.tolist(), plans, strict=True)):
+            info = jobs[o][1]
+            n_steps = int(steps[o])
+            plan.client.last_feedback = dict(info.feedback)
+            results[o] = FitResult(
+                {k: v[row] for k, v in rows.items()},
+                plan.n,
+                {"train_loss": losses_per_row[row] / n_steps, "local_steps": float(n_steps)},
+            )
+        return [r for r in results if r is not None]
+
+    # --- evaluate and the sequential path --------------------------------------------------
+
+    def evaluate(
+        self, jobs: Sequence[Job], params: Params
+    ) -> Iterator[tuple[ClientId, EvalResult | ClientFailure]]:
+        """Evaluation is one forward pass per participant: it runs on the sequential path."""
+        for cid, info in jobs:
+            yield cid, self._sequential_eval(cid, params, info)
+
+    def _sequential_eval(
+        self, cid: ClientId, params: Params, info: RoundInfo
+    ) -> EvalResult | ClientFailure:
+        client = self._clients[cid]
+        return self._guarded(cid, "evaluate", lambda: client.evaluate(params, info))
+
+    def _sequential_fit(
+        self, cid: ClientId, params: Params, info: RoundInfo
+    ) -> FitResult | ClientFailure:
+        client = self._clients[cid]
+        return self._guarded(cid, "fit", lambda: client.fit(params, info))
+
+    def _guarded(self, cid: ClientId, call: str, run: Callable[[], R]) -> R | ClientFailure:
+        """Run one participant's call as ``Sequential`` does: its exception becomes a
+        ``ClientFailure`` for that participant, never the end of the round."""
+        before = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            return run()
+        except Exception as exc:
+            log.warning("client %s failed in %s: %s", cid, call, describe(exc))
+            return ClientFailure(describe(exc))
+        finally:
+            torch.set_num_threads(before)
+
+    def close(self) -> None:
+        self._clients = {}
+        self._plans = {}
+        self._groups = {}
+
+
+class StepFn(Protocol):
+    def __call__(
+        self,
+        p: dict[str, Tensor],
+        frozen: dict[str, Tensor],
+        anchors: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        w: Tensor,
+        *,
+        shared: bool = False,
+    ) -> tuple[dict[str, Tensor], Tensor]: ...
+
+
+def _make_step(group: _ModelGroup, prox_mu: float) -> StepFn:
+    """``(stacked trainable params, frozen, anchors, x, y, weights) -> (grads, losses)``:
+    each participant's gradient of its weighted batch loss (+ FedProx term), vmapped."""
+    model, per_example = group.model, group.per_example
+    assert per_example is not None
+
+    def loss(
+        p: dict[str, Tensor],
+        frozen: dict[str, Tensor],
+        anchors: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        w: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        out = functional_call(model, (p, frozen), (x,))
+        value = (per_example(out, y) * w).sum()
+        if prox_mu:
+            prox = sum((p[k] - anchors[k]).pow(2).sum() for k in p)
+            value = value + 0.5 * prox_mu * prox
+        return value, value.detach()
+
+    per_client = vmap(grad(loss, has_aux=True), in_dims=(0, None, None, 0, 0, 0))
+    # Before the first update all participants hold the same parameters: pass one copy,
+    # so layers see one weight and a batched input (one large matmul, no stacked copy).
+    one_copy = vmap(grad(loss, has_aux=True), in_dims=(None, None, None, 0, 0, 0))
+
+    def step(
+        p: dict[str, Tensor],
+        frozen: dict[str, Tensor],
+        anchors: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        w: Tensor,
+        *,
+        shared: bool = False,
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        grads, losses = (one_copy if shared else per_client)(p, frozen, anchors, x, y, w)
+        return grads, losses
+
+    return step
+
+
+def _gather(xs: Sequence[Tensor], ys: Sequence[Tensor], index: Tensor) -> tuple[Tensor, Tensor]:
+    """Row ``r`` of the result is participant ``r``'s examples ``index[r]``: one copy straight
+    from each participant's own tensors into the batch (no concatenated copy of the data)."""
+    a, b = index.shape
+    x = torch.empty((a, b, *xs[0].shape[1:]), dtype=xs[0].dtype, device=xs[0].device)
+    y = torch.empty((a, b, *ys[0].shape[1:]), dtype=ys[0].dtype, device=ys[0].device)
+    for r, (xr, yr, ir) in enumerate(zip(xs, ys, index.unbind(0), strict=True)):
+        torch.index_select(xr, 0, ir, out=x[r])
+        torch.index_select(yr, 0, ir, out=y[r])
+    return x, y
+
+
+def _sgd_step(
+    params: dict[str, Tensor],
+    grads: dict[str, Tensor],
+    momentum: dict[str, Tensor],
+    h: _Hyper,
+    *,
+    first: bool,
+    active: int,
+) -> dict[str, Tensor]:
+    """``torch.optim.SGD.step`` for the first ``active`` participants of the stack (the same
+    operations in the same order as torch's single-tensor implementation).
+
+    On the first step ``params`` is the one global copy shared by all participants and
+    the updated parameters come back as new stacked tensors; afterwards ``params`` are
+    views of the stack's active rows, updated in place (and returned)."""
+    out: dict[str, Tensor] = {}
+    for k, p in params.items():
+        g = grads[k]
+        if h.maximize:
+            g = -g
+        if h.weight_decay != 0:
+            g = g.add(p, alpha=h.weight_decay)
+        if h.momentum != 0:
+            if first:
+                momentum[k] = g.clone()
+                buf = momentum[k]
+            else:
+                buf = momentum[k][:active]
+                buf.mul_(h.momentum).add_(g, alpha=1 - h.dampening)
+            g = g.add(buf, alpha=h.momentum) if h.nesterov else buf
+        out[k] = torch.add(p, g, alpha=-h.lr) if first else p.add_(g, alpha=-h.lr)
+    return out
+
+
+def _fn_name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _names(cids: Sequence[ClientId], limit: int = 5) -> str:
+    shown = ", ".join(map(str, cids[:limit]))
+    return shown + (f", ... {len(cids) - limit} more" if len(cids) > limit else "")
+
+
+__all__ = ["Vectorized", "client_schedule"]
