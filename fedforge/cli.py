@@ -207,10 +207,15 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+_LAST_COMMAND: str | None = None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from fedforge.config import ConfigError
 
     args = _parser().parse_args(argv)
+    global _LAST_COMMAND
+    _LAST_COMMAND = args.command
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -228,5 +233,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``fedforge`` console script: ``main``, then exit (see ``exit_after_client``)."""
+    from fedforge.transport.cli_commands import exit_after_client
+
+    code = main()
+    exit_after_client(_LAST_COMMAND, code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -327,6 +328,9 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
+_LAST_COMMAND: str | None = None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the four subcommands without the main ``fedforge`` entry point."""
     from fedforge.config import ConfigError
@@ -335,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     add_parsers(p.add_subparsers(dest="command", required=True))
     args = p.parse_args(argv)
+    global _LAST_COMMAND
+    _LAST_COMMAND = args.command
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -346,5 +352,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def exit_after_client(command: str | None, code: int) -> None:
+    """Leave a finished ``fedforge client`` process without interpreter teardown.
+
+    Every participant thread has been joined and its result logged by then, but native
+    threads of gRPC and torch that served those participants can still abort the
+    process in static destructors at exit ("terminate called without an active
+    exception", SIGABRT), turning a clean run into exit status -6. So flush what
+    Python buffers and ``os._exit``. Other commands exit normally.
+    """
+    if command != "client":
+        return
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _code = main()
+    exit_after_client(_LAST_COMMAND, _code)
+    sys.exit(_code)
