@@ -27,7 +27,9 @@ training makes four sequential steps. Measured (same seed, held-out union):
 scaled: their product overshoots), 9x1 FedAvg 86.7, 9x1 server lr 3: 81.6,
 9x1 server lr 4: 82.3, 5: 82.2, FedAvgM lr 2 momentum 0.5: 82.0; FFA-LoRA
 (``--ffa``, linear in B, so a server lr of 4 = the sum of the deltas is exact):
-9x1 server lr 4: 86.1 against 83.5 for centralized FFA-LoRA. On a busy machine
+9x1 server lr 4: 86.1 against 83.5 for centralized FFA-LoRA. Other client
+learning rates with 9x1 server lr 3 (federated / centralized): 1.5e-3: 82.5 / 77.3,
+3e-3: 83.6 / 77.1 (default 2e-3: 81.6 / 77.0). On a busy machine
 ``--threads 1`` is much faster than torch's default thread count.
 
     python examples/llm_shakespeare.py --help
