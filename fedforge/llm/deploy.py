@@ -229,48 +229,21 @@ def serve(
     Returns each participant's ``ParticipantStats`` and the errors of those refused or
     unable to reach the server. ``certs``: a folder made by ``fedforge certs``.
     """
-    from fedforge.transport.participant import Refused, connect
+    from fedforge.transport.participant import serve_all
     from fedforge.transport.security import ClientTLS
 
     if (certs is None) == (not insecure):
         raise ValueError("give exactly one of certs=DIR or insecure=True (plain text, tests only)")
     _, clients = participants(config, texts)
-    lock = threading.Lock()  # the participants share one model
-    stop = stop or threading.Event()
-    stats: dict[ClientId, ParticipantStats] = {}
-    errors: dict[ClientId, str] = {}
-
-    def run(cid: ClientId) -> None:
-        try:
-            stats[cid] = connect(
-                clients[cid],
-                address,
-                client_id=cid,
-                tls=None if certs is None else ClientTLS.from_dir(str(certs), cid),
-                insecure=insecure,
-                stop=stop,
-                lock=lock,
-                backoff=backoff,
-                seed=seed,
-            )
-            log.info("participant %s finished: %s", cid, stats[cid])
-        except (Refused, ConnectionError) as exc:
-            errors[cid] = str(exc)
-            log.error("participant %s: %s", cid, exc)
-
-    threads = [threading.Thread(target=run, args=(c,), name=f"llm-{c}") for c in clients]
-    for t in threads:
-        t.start()
-    try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.5)
-    except KeyboardInterrupt:
-        stop.set()
-        for t in threads:
-            t.join()
-        raise
-    return stats, errors
+    return serve_all(  # one lock for all: the participants share one model
+        clients,
+        address,
+        tls=lambda cid: None if certs is None else ClientTLS.from_dir(str(certs), cid),
+        insecure=insecure,
+        backoff=backoff,
+        stop=stop,
+        seed=seed,
+    )
 
 
 def _texts(specs: list[str]) -> dict[ClientId, str]:

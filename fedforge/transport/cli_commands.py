@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -245,7 +244,7 @@ def parse_ids(specs: list[str], members: list[str]) -> list[str]:
 
 def run_client(args: argparse.Namespace) -> int:
     from fedforge.experiment import build
-    from fedforge.transport.participant import Backoff, Refused, connect
+    from fedforge.transport.participant import Backoff, serve_all
     from fedforge.transport.security import INSECURE_WARNING, ClientTLS
 
     cfg = _load_config(args.config, args.overrides)
@@ -253,39 +252,16 @@ def run_client(args: argparse.Namespace) -> int:
     ids = parse_ids(args.ids, sorted(sim.clients))
     if args.insecure:
         print(INSECURE_WARNING, file=sys.stderr)
-    lock = threading.Lock()  # participants in this process share one model object
-    stop = threading.Event()
-    errors: dict[str, str] = {}
-
-    def serve(cid: str) -> None:
-        try:
-            stats = connect(
-                sim.clients[cid],
-                args.server,
-                client_id=cid,
-                tls=None if args.insecure else ClientTLS.from_dir(args.certs, cid),
-                insecure=args.insecure,
-                stop=stop,
-                lock=lock,
-                backoff=Backoff(attempts=args.max_attempts),
-                seed=cfg.seed,
-            )
-            log.info("participant %s finished: %s", cid, stats)
-        except (Refused, ConnectionError) as exc:
-            errors[cid] = str(exc)
-            log.error("participant %s: %s", cid, exc)
-
-    threads = [threading.Thread(target=serve, args=(c,), name=f"participant-{c}") for c in ids]
-    for t in threads:
-        t.start()
     try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.5)
+        _, errors = serve_all(
+            {cid: sim.clients[cid] for cid in ids},
+            args.server,
+            tls=lambda cid: None if args.insecure else ClientTLS.from_dir(args.certs, cid),
+            insecure=args.insecure,
+            backoff=Backoff(attempts=args.max_attempts),
+            seed=cfg.seed,
+        )
     except KeyboardInterrupt:
-        stop.set()
-        for t in threads:
-            t.join()
         return 130
     if errors:
         print(f"fedforge client: refused or unreachable: {json.dumps(errors)}", file=sys.stderr)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
@@ -119,6 +119,60 @@ def connect(
         max_message_bytes,
         random.Random(derive_seed(seed, "backoff", client_id)),
     ).run()
+
+
+def serve_all(
+    clients: Mapping[ClientId, Client],
+    address: str,
+    *,
+    tls: Callable[[ClientId], ClientTLS | None],
+    insecure: bool = False,
+    backoff: Backoff | None = None,
+    stop: threading.Event | None = None,
+    seed: int = 0,
+) -> tuple[dict[ClientId, ParticipantStats], dict[ClientId, str]]:
+    """Serve several participants of one process, one thread each, until training ends.
+
+    They share one lock (participants of a process usually share one model object).
+    Returns each finished participant's stats and the reasons of those refused or unable
+    to reach the server. Ctrl-C sets ``stop``, waits for every thread, and re-raises.
+    """
+    lock = threading.Lock()
+    stop = stop or threading.Event()
+    stats: dict[ClientId, ParticipantStats] = {}
+    errors: dict[ClientId, str] = {}
+
+    def run(cid: ClientId) -> None:
+        try:
+            stats[cid] = connect(
+                clients[cid],
+                address,
+                client_id=cid,
+                tls=tls(cid),
+                insecure=insecure,
+                stop=stop,
+                lock=lock,
+                backoff=backoff,
+                seed=seed,
+            )
+            log.info("participant %s finished: %s", cid, stats[cid])
+        except (Refused, ConnectionError) as exc:
+            errors[cid] = str(exc)
+            log.error("participant %s: %s", cid, exc)
+
+    threads = [threading.Thread(target=run, args=(c,), name=f"participant-{c}") for c in clients]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+    except KeyboardInterrupt:
+        stop.set()
+        for t in threads:
+            t.join()
+        raise
+    return stats, errors
 
 
 class _Participant:
