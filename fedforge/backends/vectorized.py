@@ -41,23 +41,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vmap
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
 from fedforge.backends.base import ClientFailure, Job, describe
+from fedforge.backends.schedule import client_schedule, schedule, step_count
+from fedforge.backends.vmap_sgd import PerExampleLoss, _gather, _Hyper, _make_step, _sgd_step
 from fedforge.client.torch_client import TorchClient
 from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
 from fedforge.params import ClientId, Params
 
 log = logging.getLogger(__name__)
 
-PerExampleLoss = Callable[[Tensor, Tensor], Tensor]
 R = TypeVar("R")
 
 # Losses known to be a plain mean over their elements: per example, the same function
@@ -69,20 +70,6 @@ _ELEMENTWISE_LOSSES: tuple[Callable[..., Tensor], ...] = (
     F.smooth_l1_loss,
     F.binary_cross_entropy_with_logits,
 )
-
-
-@dataclass(frozen=True)
-class _Hyper:
-    """Everything about one participant's optimizer that changes the math (hashable, so
-    participants with equal settings share a vectorized group)."""
-
-    lr: float
-    momentum: float
-    dampening: float
-    weight_decay: float
-    nesterov: bool
-    maximize: bool
-    prox_mu: float
 
 
 @dataclass(frozen=True)
@@ -194,73 +181,6 @@ def _model_reason(model: nn.Module) -> str | None:
     if extra:
         return f"the model has tied or non-parameter tensors ({', '.join(extra[:3])})"
     return None
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """The local batches of a group of participants, padded to one grid.
-
-    ``index[c, t, :counts[c, t]]`` are the examples (positions in participant ``c``'s own
-    dataset) of its ``t``-th batch; padding is 0; ``counts[c, t]`` is 0 once participant
-    ``c`` has run out of steps.
-    """
-
-    index: Tensor  # (participants, max steps, max batch width), int64
-    counts: Tensor  # (participants, max steps), int64
-    steps: Tensor  # (participants,), int64
-
-
-def _step_count(client: TorchClient, n: int) -> int:
-    per_epoch = -(-n // min(client.batch_size, n))
-    return client.steps if client.steps is not None else client.epochs * per_epoch
-
-
-def schedule(
-    clients: Sequence[TorchClient], sizes: Sequence[int], seeds: Sequence[int]
-) -> Schedule:
-    """The batches each ``client.fit`` draws with ``info.seed == seeds[c]``.
-
-    Reproduces ``TorchClient._batches``: a generator seeded with the round's seed draws
-    one ``torch.randperm(n)`` per epoch, cut into batches of ``batch_size`` with a
-    partial last one; ``steps`` mode takes exactly that many batches, rolling over into
-    new epochs. Only the permutations are drawn per participant (they must come from
-    its own generator); cutting them into batches is arithmetic on the whole grid.
-    """
-    gen = torch.Generator()
-    perms: list[Tensor] = []
-    n_l, w_l, k_l, t_l, base_l = [], [], [], [], []
-    flat = 0
-    for client, n, seed in zip(clients, sizes, seeds, strict=True):
-        width = min(client.batch_size, n)
-        per_epoch = -(-n // width)
-        steps = _step_count(client, n)
-        epochs = -(-steps // per_epoch)
-        gen.manual_seed(seed)  # a fresh seed resets the whole generator state
-        perms.extend(torch.randperm(n, generator=gen) for _ in range(epochs))
-        n_l.append(n)
-        w_l.append(width)
-        k_l.append(per_epoch)
-        t_l.append(steps)
-        base_l.append(flat)
-        flat += epochs * n
-    n_c, w_c, k_c, t_c, base = (
-        torch.tensor(v, dtype=torch.long).view(-1, 1, 1) for v in (n_l, w_l, k_l, t_l, base_l)
-    )
-    t = torch.arange(max(t_l)).view(1, -1, 1)
-    col = torch.arange(max(w_l)).view(1, 1, -1)
-    epoch, batch = t // k_c, t % k_c
-    within = batch * w_c + col
-    valid = (t < t_c) & (col < w_c) & (within < n_c)
-    pos = torch.where(valid, base + epoch * n_c + within, base)
-    index = torch.where(valid, torch.cat(perms)[pos], 0)
-    counts = valid.sum(dim=2)
-    return Schedule(index, counts, t_c.view(-1))
-
-
-def client_schedule(client: TorchClient, n: int, seed: int) -> tuple[Tensor, Tensor]:
-    """One participant's batches as ``(index (steps, width), true batch sizes (steps,))``."""
-    s = schedule([client], [n], [seed])
-    return s.index[0], s.counts[0]
 
 
 class Vectorized:
@@ -536,7 +456,7 @@ class Vectorized:
         """Run local SGD for ``jobs`` (participants of one model and one SGD setting) at
         once; returns their results in the order of ``jobs``."""
         plans = [self._plans[cid] for cid, _ in jobs]
-        steps = np.array([_step_count(p.client, p.n) for p in plans])
+        steps = np.array([step_count(p.client, p.n) for p in plans])
         order = np.argsort(-steps, kind="stable")  # most steps first: active = a prefix
         plans = [plans[o] for o in order]
         sched = schedule(
@@ -627,108 +547,6 @@ class Vectorized:
         self._clients = {}
         self._plans = {}
         self._groups = {}
-
-
-class StepFn(Protocol):
-    def __call__(
-        self,
-        p: dict[str, Tensor],
-        frozen: dict[str, Tensor],
-        anchors: dict[str, Tensor],
-        x: Tensor,
-        y: Tensor,
-        w: Tensor,
-        *,
-        shared: bool = False,
-    ) -> tuple[dict[str, Tensor], Tensor]: ...
-
-
-def _make_step(group: _ModelGroup, prox_mu: float) -> StepFn:
-    """``(stacked trainable params, frozen, anchors, x, y, weights) -> (grads, losses)``:
-    each participant's gradient of its weighted batch loss (+ FedProx term), vmapped."""
-    model, per_example = group.model, group.per_example
-    assert per_example is not None
-
-    def loss(
-        p: dict[str, Tensor],
-        frozen: dict[str, Tensor],
-        anchors: dict[str, Tensor],
-        x: Tensor,
-        y: Tensor,
-        w: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        out = functional_call(model, (p, frozen), (x,))
-        value = (per_example(out, y) * w).sum()
-        if prox_mu:
-            prox = sum((p[k] - anchors[k]).pow(2).sum() for k in p)
-            value = value + 0.5 * prox_mu * prox
-        return value, value.detach()
-
-    per_client = vmap(grad(loss, has_aux=True), in_dims=(0, None, None, 0, 0, 0))
-    # Before the first update all participants hold the same parameters: pass one copy,
-    # so layers see one weight and a batched input (one large matmul, no stacked copy).
-    one_copy = vmap(grad(loss, has_aux=True), in_dims=(None, None, None, 0, 0, 0))
-
-    def step(
-        p: dict[str, Tensor],
-        frozen: dict[str, Tensor],
-        anchors: dict[str, Tensor],
-        x: Tensor,
-        y: Tensor,
-        w: Tensor,
-        *,
-        shared: bool = False,
-    ) -> tuple[dict[str, Tensor], Tensor]:
-        grads, losses = (one_copy if shared else per_client)(p, frozen, anchors, x, y, w)
-        return grads, losses
-
-    return step
-
-
-def _gather(xs: Sequence[Tensor], ys: Sequence[Tensor], index: Tensor) -> tuple[Tensor, Tensor]:
-    """Row ``r`` of the result is participant ``r``'s examples ``index[r]``: one copy straight
-    from each participant's own tensors into the batch (no concatenated copy of the data)."""
-    a, b = index.shape
-    x = torch.empty((a, b, *xs[0].shape[1:]), dtype=xs[0].dtype, device=xs[0].device)
-    y = torch.empty((a, b, *ys[0].shape[1:]), dtype=ys[0].dtype, device=ys[0].device)
-    for r, (xr, yr, ir) in enumerate(zip(xs, ys, index.unbind(0), strict=True)):
-        torch.index_select(xr, 0, ir, out=x[r])
-        torch.index_select(yr, 0, ir, out=y[r])
-    return x, y
-
-
-def _sgd_step(
-    params: dict[str, Tensor],
-    grads: dict[str, Tensor],
-    momentum: dict[str, Tensor],
-    h: _Hyper,
-    *,
-    first: bool,
-    active: int,
-) -> dict[str, Tensor]:
-    """``torch.optim.SGD.step`` for the first ``active`` participants of the stack (the same
-    operations in the same order as torch's single-tensor implementation).
-
-    On the first step ``params`` is the one global copy shared by all participants and
-    the updated parameters come back as new stacked tensors; afterwards ``params`` are
-    views of the stack's active rows, updated in place (and returned)."""
-    out: dict[str, Tensor] = {}
-    for k, p in params.items():
-        g = grads[k]
-        if h.maximize:
-            g = -g
-        if h.weight_decay != 0:
-            g = g.add(p, alpha=h.weight_decay)
-        if h.momentum != 0:
-            if first:
-                momentum[k] = g.clone()
-                buf = momentum[k]
-            else:
-                buf = momentum[k][:active]
-                buf.mul_(h.momentum).add_(g, alpha=1 - h.dampening)
-            g = g.add(buf, alpha=h.momentum) if h.nesterov else buf
-        out[k] = torch.add(p, g, alpha=-h.lr) if first else p.add_(g, alpha=-h.lr)
-    return out
 
 
 def _fn_name(fn: Callable[..., Any]) -> str:

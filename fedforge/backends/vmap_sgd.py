@@ -1,0 +1,137 @@
+"""The vectorized backend's tensor program: one SGD step for a whole group of
+participants, as ``vmap(grad(functional_call))`` over their stacked parameters.
+
+``_sgd_step`` performs the same operations, in the same order, as
+``torch.optim.SGD``'s single-tensor step, so results match the sequential backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, grad, vmap
+
+if TYPE_CHECKING:
+    from fedforge.backends.vectorized import _ModelGroup
+
+PerExampleLoss = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class _Hyper:
+    """Everything about one participant's optimizer that changes the math (hashable, so
+    participants with equal settings share a vectorized group)."""
+
+    lr: float
+    momentum: float
+    dampening: float
+    weight_decay: float
+    nesterov: bool
+    maximize: bool
+    prox_mu: float
+
+
+class StepFn(Protocol):
+    def __call__(
+        self,
+        p: dict[str, Tensor],
+        frozen: dict[str, Tensor],
+        anchors: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        w: Tensor,
+        *,
+        shared: bool = False,
+    ) -> tuple[dict[str, Tensor], Tensor]: ...
+
+
+def _make_step(group: _ModelGroup, prox_mu: float) -> StepFn:
+    """``(stacked trainable params, frozen, anchors, x, y, weights) -> (grads, losses)``:
+    each participant's gradient of its weighted batch loss (+ FedProx term), vmapped."""
+    model, per_example = group.model, group.per_example
+    assert per_example is not None
+
+    def loss(
+        p: dict[str, Tensor],
+        frozen: dict[str, Tensor],
+        anchors: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        w: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        out = functional_call(model, (p, frozen), (x,))
+        value = (per_example(out, y) * w).sum()
+        if prox_mu:
+            prox = sum((p[k] - anchors[k]).pow(2).sum() for k in p)
+            value = value + 0.5 * prox_mu * prox
+        return value, value.detach()
+
+    per_client = vmap(grad(loss, has_aux=True), in_dims=(0, None, None, 0, 0, 0))
+    # Before the first update all participants hold the same parameters: pass one copy,
+    # so layers see one weight and a batched input (one large matmul, no stacked copy).
+    one_copy = vmap(grad(loss, has_aux=True), in_dims=(None, None, None, 0, 0, 0))
+
+    def step(
+        p: dict[str, Tensor],
+        frozen: dict[str, Tensor],
+        anchors: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        w: Tensor,
+        *,
+        shared: bool = False,
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        grads, losses = (one_copy if shared else per_client)(p, frozen, anchors, x, y, w)
+        return grads, losses
+
+    return step
+
+
+def _gather(xs: Sequence[Tensor], ys: Sequence[Tensor], index: Tensor) -> tuple[Tensor, Tensor]:
+    """Row ``r`` of the result is participant ``r``'s examples ``index[r]``: one copy straight
+    from each participant's own tensors into the batch (no concatenated copy of the data)."""
+    a, b = index.shape
+    x = torch.empty((a, b, *xs[0].shape[1:]), dtype=xs[0].dtype, device=xs[0].device)
+    y = torch.empty((a, b, *ys[0].shape[1:]), dtype=ys[0].dtype, device=ys[0].device)
+    for r, (xr, yr, ir) in enumerate(zip(xs, ys, index.unbind(0), strict=True)):
+        torch.index_select(xr, 0, ir, out=x[r])
+        torch.index_select(yr, 0, ir, out=y[r])
+    return x, y
+
+
+def _sgd_step(
+    params: dict[str, Tensor],
+    grads: dict[str, Tensor],
+    momentum: dict[str, Tensor],
+    h: _Hyper,
+    *,
+    first: bool,
+    active: int,
+) -> dict[str, Tensor]:
+    """``torch.optim.SGD.step`` for the first ``active`` participants of the stack (the same
+    operations in the same order as torch's single-tensor implementation).
+
+    On the first step ``params`` is the one global copy shared by all participants and
+    the updated parameters come back as new stacked tensors; afterwards ``params`` are
+    views of the stack's active rows, updated in place (and returned)."""
+    out: dict[str, Tensor] = {}
+    for k, p in params.items():
+        g = grads[k]
+        if h.maximize:
+            g = -g
+        if h.weight_decay != 0:
+            g = g.add(p, alpha=h.weight_decay)
+        if h.momentum != 0:
+            if first:
+                momentum[k] = g.clone()
+                buf = momentum[k]
+            else:
+                buf = momentum[k][:active]
+                buf.mul_(h.momentum).add_(g, alpha=1 - h.dampening)
+            g = g.add(buf, alpha=h.momentum) if h.nesterov else buf
+        out[k] = torch.add(p, g, alpha=-h.lr) if first else p.add_(g, alpha=-h.lr)
+    return out
