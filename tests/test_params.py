@@ -47,3 +47,15 @@ def test_is_finite_and_spec_mismatch_reason():
     assert spec.describe_mismatch(P.Spec.of(_p([1.0, 2.0], [3.0]))) is None
     other = {"w": torch.zeros(2, dtype=torch.float64), "b": torch.zeros(1)}
     assert "dtype" in (spec.describe_mismatch(P.Spec.of(other)) or "")
+
+
+def test_tensor_is_finite_is_exact_even_when_the_fast_sum_overflows():
+    f32 = torch.float32
+    assert P.tensor_is_finite(torch.tensor([1.0, -2.0], dtype=f32))
+    # finite elements whose float32 sum overflows: the elementwise fallback decides
+    assert P.tensor_is_finite(torch.tensor([3e38, 3e38], dtype=f32))
+    assert P.tensor_is_finite(torch.tensor([60000.0, 60000.0], dtype=torch.float16))
+    for bad in ([1.0, float("nan")], [float("inf"), 1.0], [float("inf"), float("-inf")]):
+        for dtype in (f32, torch.float16, torch.float64, torch.bfloat16):
+            assert not P.tensor_is_finite(torch.tensor(bad, dtype=dtype)), (bad, dtype)
+    assert P.tensor_is_finite(torch.zeros(0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fedforge.client.types import FitResult
-from fedforge.params import Params, Spec
+from fedforge.params import Params, Spec, tensor_is_finite
 
 
 def check_update(result: FitResult, template: Params) -> str | None:
@@ -29,6 +29,6 @@ def check_update(result: FitResult, template: Params) -> str | None:
             )
         return f"wrong structure: {why}"
     for name, t in update.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if t.is_floating_point() and not tensor_is_finite(t):
             return f"tensor {name!r} contains NaN or Inf"
     return None
