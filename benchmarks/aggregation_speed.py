@@ -6,9 +6,10 @@ peak memory while folding many updates.
     python benchmarks/aggregation_speed.py --parts fedforge    # re-run one, keep the others
     python benchmarks/aggregation_speed.py --quick --out /tmp/agg.md   # a small smoke run
 
-Three parts, each under 10 minutes on a loaded 2-core machine: ``flower`` (Flower's
+Five parts, each under 10 minutes on a loaded 2-core machine: ``flower`` (Flower's
 aggregation, in Flower's virtual environment), ``fedforge`` (fedforge's accumulators and
-the memory-read baselines, interleaved in one process) and ``memory`` (the server's peak).
+the memory-read baselines, interleaved in one process) and the server's peak memory
+(``accumulator``, ``accumulator_batch8``, ``server``).
 
 Speed: ``--updates`` updates of a ``--model-mb`` float32 model shaped like a small
 transformer (12 tensors per block, d=512), cycled from a pool of ``--pool`` distinct
@@ -59,6 +60,7 @@ from fedforge.params import Params, add_, scale, zeros_like  # noqa: E402
 Shapes = list[tuple[str, list[int]]]
 
 D = 512  # width of the transformer-like blocks: 12 tensors, 3.15 M parameters each
+MEMORY_MODES = ("accumulator", "accumulator_batch8", "server")
 RAW_TAG = "<!-- raw measurements (read back by --parts): "
 
 READ_TORCH = "memory read: torch `sum` over each tensor"
@@ -67,6 +69,8 @@ MEAN = "fedforge `Mean`"
 WMEAN = "fedforge `WeightedMean`"
 WMEAN_PACKED = "fedforge `WeightedMean`, packed updates (one flat `add_` per update)"
 WMEAN_64 = "fedforge `WeightedMean`, float64 accumulator (float32 updates)"
+WMEAN_B4 = "fedforge `WeightedMean(batch=4)` (holds 4 updates, folds them in one pass)"
+WMEAN_B8 = "fedforge `WeightedMean(batch=8)` (holds 8 updates, folds them in one pass)"
 BEFORE = "fedforge before this change (`zeros_like` + `params.add_` + `scale`)"
 KERNEL = "bare kernel: flat `add_` into a flat buffer allocated before the clock starts"
 FLOWER_ROWS = {
@@ -242,6 +246,8 @@ def bench_fedforge(
         WMEAN: lambda: keep("ff", fold(WeightedMean(), template, ups, weights)),
         WMEAN_PACKED: lambda: fold(WeightedMean(), template, ups_packed, weights),
         WMEAN_64: lambda: keep("ff64", fold(WeightedMean(), template64, ups, weights)),
+        WMEAN_B4: lambda: keep("ffb4", fold(WeightedMean(batch=4), template, ups, weights)),
+        WMEAN_B8: lambda: keep("ffb8", fold(WeightedMean(batch=8), template, ups, weights)),
         BEFORE: lambda: keep("old", old_weighted_mean(template, ups, weights)),
         KERNEL: kernel,
     }
@@ -328,6 +334,10 @@ def run_fedforge_part(args: argparse.Namespace, shapes: Shapes) -> dict[str, Any
         "f32_vs_f64": float((results["ff"].double() - ref).abs().max()),
         "f64acc_vs_f64": float((results["ff64"] - ref).abs().max()),
         "before_identical": bool(torch.equal(results["old"], results["ff"])),
+        "batched_identical": bool(
+            torch.equal(results["ffb4"], results["ff"])
+            and torch.equal(results["ffb8"], results["ff"])
+        ),
         "before_vs_after": float((results["old"].double() - results["ff"].double()).abs().max()),
     }
     out["load"] = [load_start, os.getloadavg()[0]]
@@ -375,11 +385,12 @@ class _ProbedMean:
     name = "weighted_mean"
     linear = True
 
-    def __init__(self) -> None:
+    def __init__(self, batch: int = 1) -> None:
         self.at_result = 0
+        self.batch = batch
 
     def open(self, template: Params) -> Any:
-        probe, inner = self, WeightedMean().open(template)
+        probe, inner = self, WeightedMean(batch=self.batch).open(template)
 
         class _Acc:
             @property
@@ -409,7 +420,8 @@ def _reset_peak() -> bool:
 
 def memory_child(n: int, model_mb: float, mode: str) -> dict[str, Any]:
     """Peak RSS while folding ``n`` freshly allocated updates: through a whole
-    ``Server.fit_round`` (mode "server") or straight into the accumulator ("accumulator")."""
+    ``Server.fit_round`` (mode "server") or straight into the accumulator ("accumulator",
+    and "accumulator_batch8" with ``WeightedMean(batch=8)``)."""
     import fedforge as ff
 
     torch.set_num_threads(1)
@@ -417,7 +429,7 @@ def memory_child(n: int, model_mb: float, mode: str) -> dict[str, Any]:
     params = {name: torch.zeros(s) for name, s in shapes}
     model_bytes = sum(v.numel() * 4 for v in params.values())
     clients = {f"c{i:05d}": _Synthetic(shapes, 1e-3 * (i % 7 - 3), 100 + i % 50) for i in range(n)}
-    agg = _ProbedMean()
+    agg = _ProbedMean(batch=8 if mode == "accumulator_batch8" else 1)
     if mode == "server":
         server = ff.Server(params, sampler=ff.Sampler(per_round=n, seed=0), aggregator=agg, seed=0)
         del params
@@ -592,11 +604,16 @@ def render(raw: dict[str, Any]) -> list[str]:
         for m in reads:
             for label, v in (("best", best), ("median", med)):
                 wm, mean = v[WMEAN] / v[m], v[MEAN] / v[m]
-                lines.append(
+                line = (
                     f"- {m.removeprefix('memory read: ')} ({label} {v[m]:.2f} GB/s): "
                     f"`WeightedMean` {wm:.0%}, `Mean` {mean:.0%} "
-                    f"({'met' if min(wm, mean) >= 0.7 else 'not met'})."
+                    f"({'met' if min(wm, mean) >= 0.7 else 'not met'})"
                 )
+                for b, key in ((4, WMEAN_B4), (8, WMEAN_B8)):
+                    if key in v:
+                        r = v[key] / v[m]
+                        line += f"; `batch={b}` {r:.0%} ({'met' if r >= 0.7 else 'not met'})"
+                lines.append(line + ".")
         lines.append(
             f"- `WeightedMean` runs at {best[WMEAN] / best[KERNEL]:.0%} of the bare `add_` "
             f"kernel on the same data and at {best[WMEAN] / best[BEFORE]:.2f}x the accumulator "
@@ -624,6 +641,11 @@ def render(raw: dict[str, Any]) -> list[str]:
             f"{a['f32_vs_f64']:.3g}",
             f"- fedforge `WeightedMean`, float64 accumulator: {a['f64acc_vs_f64']:.3g}",
         ]
+        if "batched_identical" in a:
+            lines.append(
+                "- fedforge `WeightedMean(batch=4)` and `(batch=8)` vs `batch=1`: "
+                + ("bit-identical (`torch.equal`)." if a["batched_identical"] else "DIFFERENT.")
+            )
         if flower is not None:
             lines.append(
                 "- Flower `aggregate_arrayrecords` (adds `w_i / W * u_i` in float32): "
@@ -637,7 +659,7 @@ def render(raw: dict[str, Any]) -> list[str]:
                 else f"max abs difference {a['before_vs_after']:.3g}."
             )
         )
-    mem = {mode: raw.get(mode) for mode in ("accumulator", "server")}
+    mem = {mode: raw.get(mode) for mode in MEMORY_MODES}
     lines += ["", "## Peak memory while folding", ""]
     done = [d for d in mem.values() if d is not None]
     if not done:
@@ -648,7 +670,8 @@ def render(raw: dict[str, Any]) -> list[str]:
         "Each row is a fresh process (one torch thread) folding N updates of the model above, "
         "each freshly allocated when its participant answers, as one decoded from the wire "
         "would be. *accumulator*: `WeightedMean().open(model)` and `add` in a loop, the "
-        "model standing for the server's global parameters. *server*: one "
+        "model standing for the server's global parameters; *accumulator_batch8* the same "
+        "with `WeightedMean(batch=8)`, which holds up to 8 updates. *server*: one "
         "`Server.fit_round` (`WeightedMean`, `Sequential` backend), which also validates "
         "each update and ends with the optimizer step; before the round the server holds "
         "the global model and the optimizer's copy of it. Peak RSS from "
@@ -673,7 +696,8 @@ def render(raw: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "Growth does not depend on the number of participants. Folding alone holds the "
-        "accumulator and the update being added: one model + the accumulator. The server "
+        "accumulator and the update being added: one model + the accumulator (with "
+        "`batch=8`, up to 8 held updates + the accumulator). The server "
         "round adds a constant: the previous update is still referenced (by the round loop's "
         "variables and the backend generator's frame) while the next participant produces "
         "its own, the validation allocates an `isfinite` mask per tensor, and the optimizer "
@@ -686,9 +710,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
         "--parts",
-        default="flower,fedforge,accumulator,server",
-        help="any of flower, fedforge, accumulator, server (comma-separated); the others are "
-        "kept from --out",
+        default="flower,fedforge," + ",".join(MEMORY_MODES),
+        help="any of flower, fedforge, " + ", ".join(MEMORY_MODES) + " (comma-separated); the "
+        "others are kept from --out",
     )
     ap.add_argument("--model-mb", type=float, default=100.0)
     ap.add_argument("--updates", type=int, default=100)
@@ -712,7 +736,7 @@ def main() -> None:
         args.repeats, args.memory_updates = 2, "3,30"
     args.threads = [int(t) for t in str(args.threads).split(",")]
     args.memory_updates = [int(n) for n in str(args.memory_updates).split(",") if n]
-    all_parts = ("flower", "fedforge", "accumulator", "server")
+    all_parts = ("flower", "fedforge", *MEMORY_MODES)
     parts = {p for p in args.parts.split(",") if p}  # "": only re-render --out
     if not parts <= set(all_parts):
         ap.error(f"--parts takes any of {', '.join(all_parts)}, got {args.parts!r}")
@@ -729,7 +753,7 @@ def main() -> None:
         raw["flower"] = run_flower_part(args, shapes)
     if "fedforge" in parts:
         raw["fedforge"] = run_fedforge_part(args, shapes)
-    for mode in ("accumulator", "server"):
+    for mode in MEMORY_MODES:
         if mode in parts:
             raw[mode] = run_memory(args, mode)
     lines = render(raw)

@@ -252,14 +252,23 @@ ServerOptConfig = Annotated[
 
 class WeightedMeanAgg(_Strict):
     name: Literal["weighted_mean"] = "weighted_mean"
+    batch: int = Field(
+        1, ge=1, description="updates held and folded per pass (more: faster, K updates of memory)"
+    )
 
 
 class MeanAgg(_Strict):
     name: Literal["mean"] = "mean"
+    batch: int = Field(
+        1, ge=1, description="updates held and folded per pass (more: faster, K updates of memory)"
+    )
 
 
 class SumAgg(_Strict):
     name: Literal["sum"] = "sum"
+    batch: int = Field(
+        1, ge=1, description="updates held and folded per pass (more: faster, K updates of memory)"
+    )
 
 
 class MedianAgg(_Strict):

@@ -145,3 +145,37 @@ def test_other_dtypes_convert_in_chunks_and_large_buffers_use_mappings(monkeypat
     got = acc.result()
     for k in want:
         assert got[k].dtype == torch.float64 and torch.equal(got[k], want[k]), k
+
+
+@pytest.mark.parametrize("batch", [2, 3, 5, 8])
+def test_batched_fold_is_bit_identical_and_holds_at_most_batch_updates(monkeypatch, batch):
+    monkeypatch.setattr(linear, "_BLOCK", 50)  # many blocks per tensor, a ragged last one
+    updates = [_model(s) for s in range(7)]  # 7: a partial last batch for every size here
+    weights = [3.0, 17.0, 1.0, 250.0, 8.0, 0.5, 2.0]
+    mixed = {**_model(0), "h": torch.zeros(4, dtype=torch.float64)}
+    for pack in (False, True):  # the per-tensor blocked path and the flat blocked path
+        want = WeightedMean().open(_model(99))
+        acc = WeightedMean(batch=batch).open(_model(99))
+        for i, (u, w) in enumerate(zip(updates, weights, strict=True)):
+            want.add(_packed(u) if pack else u, w)
+            acc.add(_packed(u) if pack else u, w)
+            assert len(acc._pending) == (i + 1) % batch  # folded as soon as a batch is full
+        got, ref = acc.result(), want.result()
+        assert acc.count == 7 and not acc._pending
+        for k in ref:
+            assert torch.equal(got[k], ref[k]), (pack, k)
+    # float32 updates into a template with a float64 tensor: the converted path, still exact
+    acc, one = Sum(batch=batch).open(mixed), Sum().open(mixed)
+    for s in range(3):
+        u = {**_model(s), "h": torch.full((4,), float(s), dtype=torch.float32)}
+        acc.add(u, 1)
+        one.add(u, 1)
+    for k, v in one.result().items():
+        assert torch.equal(acc.result()[k], v), k
+
+
+def test_batch_must_be_a_positive_integer():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="batch must be an integer >= 1"):
+            WeightedMean(batch=bad)
+    assert Mean(batch=4).open(_u([0.0])).batch == 4

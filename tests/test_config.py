@@ -116,7 +116,10 @@ def test_vectorized_backend_from_config_matches_sequential():
         "data.eval_fraction=0",
     ]
     finals = []
-    for extra in (["backend.threads=1"], ["backend.kind=vectorized", "backend.clients_per_batch=3"]):
+    for extra in (
+        ["backend.threads=1"],
+        ["backend.kind=vectorized", "backend.clients_per_batch=3"],
+    ):
         sim = build(C.validate(C.apply_overrides({}, base + extra)))
         if "backend.kind=vectorized" in extra:
             assert isinstance(sim.backend, Vectorized) and sim.backend.clients_per_batch == 3

@@ -24,6 +24,15 @@ write the accumulator), so it is written to move no more bytes than that:
 The accumulator keeps the template's dtype (float32 for a float32 model), as before.
 The per-tensor and the flat paths run the same elementwise kernel, so the result is
 bit-identical to adding tensor by tensor.
+
+A fold is three memory streams (read update, read accumulator, write accumulator) where a
+plain read of the update is one, so one-at-a-time folding tops out near half of the
+machine's read bandwidth on a model larger than the caches. ``batch=K`` (default 1) trades
+server memory for speed: the accumulator holds up to K updates (references, no copies) and
+folds them together block by block (cache-sized chunks of the accumulator), so its bytes
+move once per K updates. Each element still receives the same adds in the same order, so
+the result is bit-identical to ``batch=1``. Peak server memory becomes K updates plus the
+accumulator, still independent of the number of participants.
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ from fedforge.params import ClientId, Params, check_same_structure
 _Group = tuple[torch.dtype, torch.device]
 
 _CHUNK = 1 << 18  # elements per dtype-conversion chunk (1-2 MB: stays in cache)
+_BLOCK = 1 << 20  # elements of the accumulator per block of a batched fold (4 MB of float32;
+# measured here: 256 k to 1 M elements within a few % of each other, 64 k clearly slower)
 _HUGE_PAGES_FROM = 8 << 20  # bytes; smaller buffers are not worth a mapping of their own
 
 
@@ -79,6 +90,28 @@ class _FlatBuffer:
                 else:
                     self._add_converted(key, v, u, alpha)
 
+    def add_many_(self, updates: list[Mapping[str, Tensor]], alphas: list[float]) -> None:
+        """``self += sum(alpha_i * update_i)`` in place, the updates' adds to each element in
+        list order (bit-identical to successive ``add_``), walking the accumulator in
+        cache-sized blocks so that each block is read and written once for all updates."""
+        for key, names in self.layout.items():
+            flat = self.flats[key]
+            srcs = [_as_flat(u, names, flat) for u in updates]
+            if all(x is not None for x in srcs):
+                _blocked_axpy(flat, [x for x in srcs if x is not None], alphas)
+                continue
+            for name in names:
+                v = self.views[name]
+                same = [u[name] for u in updates if u[name].dtype == v.dtype]
+                if len(same) == len(updates):
+                    _blocked_axpy(v.view(-1), [u.reshape(-1) for u in same], alphas)
+                    continue
+                for u, a in zip(updates, alphas, strict=True):  # mixed dtypes: rare, one by one
+                    if u[name].dtype == v.dtype:
+                        _axpy(v, u[name], a)
+                    else:
+                        self._add_converted(key, v, u[name], a)
+
     def _add_converted(self, key: _Group, acc: Tensor, u: Tensor, alpha: float) -> None:
         """``acc += alpha * u`` for an update of another dtype, chunk by chunk through a
         reused scratch buffer: ``u.to(dtype)`` (or a mixed-dtype ``add_``, which does the
@@ -106,6 +139,19 @@ def _axpy(acc: Tensor, x: Tensor, alpha: float) -> None:
         acc.add_(x)  # Sum and Mean: no multiply at all
     else:
         acc.add_(x, alpha=alpha)
+
+
+def _blocked_axpy(acc: Tensor, xs: list[Tensor], alphas: list[float]) -> None:
+    """``acc += sum(alpha_i * x_i)`` for 1-D tensors, block by block of ``acc``."""
+    n = acc.numel()
+    if n <= _BLOCK:
+        for x, a in zip(xs, alphas, strict=True):
+            _axpy(acc, x, a)
+        return
+    for start in range(0, n, _BLOCK):
+        block = acc[start : start + _BLOCK]
+        for x, a in zip(xs, alphas, strict=True):
+            _axpy(block, x[start : start + _BLOCK], a)
 
 
 def _zeros(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -156,9 +202,11 @@ class _RunningSum:
     buffer: _FlatBuffer
     weighted: bool
     normalize: bool
+    batch: int = 1
     count: int = 0
     total_weight: float = 0.0
     _result: Params | None = None
+    _pending: list[tuple[Params, float]] = field(default_factory=list)
 
     def add(self, update: Params, weight: float, client: ClientId = "") -> None:
         if self._result is not None:
@@ -170,13 +218,26 @@ class _RunningSum:
             raise ValueError(f"aggregation weight must be >= 0, got {weight}")
         check_same_structure(self.buffer.views, update)
         w = float(weight) if self.weighted else 1.0
-        self.buffer.add_(update, alpha=w)
+        if self.batch == 1:
+            self.buffer.add_(update, alpha=w)
+        else:
+            self._pending.append((update, w))
+            if len(self._pending) == self.batch:
+                self._flush()
         self.count += 1
         self.total_weight += w
+
+    def _flush(self) -> None:
+        if len(self._pending) == 1:
+            self.buffer.add_(self._pending[0][0], alpha=self._pending[0][1])
+        elif self._pending:
+            self.buffer.add_many_([u for u, _ in self._pending], [w for _, w in self._pending])
+        self._pending.clear()
 
     def result(self) -> Params:
         if self._result is not None:
             return self._result
+        self._flush()
         if self.count == 0:
             raise ValueError("no update was aggregated")
         if self.normalize:
@@ -190,28 +251,55 @@ class _RunningSum:
         return {}
 
 
+def _check_batch(batch: int) -> None:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(
+            f"batch must be an integer >= 1 (updates folded per pass; 1 = one at a time), "
+            f"got {batch!r}"
+        )
+
+
 @dataclass(frozen=True)
 class Sum:
+    """The plain sum. ``batch``: updates held and folded per pass (see the module doc)."""
+
+    batch: int = 1
     name: str = field(default="sum", init=False)
     linear: bool = field(default=True, init=False)
 
+    def __post_init__(self) -> None:
+        _check_batch(self.batch)
+
     def open(self, template: Params) -> _RunningSum:
-        return _RunningSum(_FlatBuffer(template), weighted=False, normalize=False)
+        return _RunningSum(_FlatBuffer(template), weighted=False, normalize=False, batch=self.batch)
 
 
 @dataclass(frozen=True)
 class Mean:
+    """The unweighted mean. ``batch``: updates held and folded per pass (see the module doc)."""
+
+    batch: int = 1
     name: str = field(default="mean", init=False)
     linear: bool = field(default=True, init=False)
 
+    def __post_init__(self) -> None:
+        _check_batch(self.batch)
+
     def open(self, template: Params) -> _RunningSum:
-        return _RunningSum(_FlatBuffer(template), weighted=False, normalize=True)
+        return _RunningSum(_FlatBuffer(template), weighted=False, normalize=True, batch=self.batch)
 
 
 @dataclass(frozen=True)
 class WeightedMean:
+    """FedAvg's example-weighted mean. ``batch``: updates held and folded per pass (see the
+    module doc)."""
+
+    batch: int = 1
     name: str = field(default="weighted_mean", init=False)
     linear: bool = field(default=True, init=False)
 
+    def __post_init__(self) -> None:
+        _check_batch(self.batch)
+
     def open(self, template: Params) -> _RunningSum:
-        return _RunningSum(_FlatBuffer(template), weighted=True, normalize=True)
+        return _RunningSum(_FlatBuffer(template), weighted=True, normalize=True, batch=self.batch)
