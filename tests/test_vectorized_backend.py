@@ -20,7 +20,8 @@ from torch.utils.data import TensorDataset
 import fedforge as ff
 from fedforge.backends.vectorized import Vectorized, client_schedule
 from fedforge.client import EvalResult, FitResult, RoundInfo, Task
-from fedforge.data import synthetic_linear
+from fedforge.backends.vmap_sgd import _arena, _gather
+from fedforge.data import split_by_partition, synthetic_linear
 from fedforge.models import cnn, logistic_regression, mlp
 from fedforge.params import Params
 from fedforge.server import Plugin
@@ -59,14 +60,23 @@ def _federation(
     *,
     per_client: Callable[[int], dict[str, Any]] = lambda i: {},
     task: Task | None = None,
+    one_storage: bool = False,
     **kw: Any,
 ) -> tuple[nn.Module, dict[str, ff.TorchClient]]:
     torch.manual_seed(0)
     model = make_model()
+    if one_storage:  # split from one dataset: row blocks of one storage (the one-gather path)
+        pooled = _data(sum(sizes), shape, 3, seed=99)
+        perm = torch.randperm(sum(sizes), generator=torch.Generator().manual_seed(5)).numpy()
+        bounds = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+        split = split_by_partition(pooled, [perm[a:b] for a, b in zip(bounds, bounds[1:])])
+        datasets = [c.train for c in split.values()]
+    else:
+        datasets = [_data(n, shape, 3, seed=i) for i, n in enumerate(sizes)]
     clients = {
         f"c{i:02d}": ff.TorchClient(
             model,
-            _data(n, shape, 3, seed=i),
+            datasets[i],
             task or ff.classification(),
             test=_data(4, shape, 3, seed=100 + i),
             **{"optimizer": ff.sgd(0.1), "batch_size": 4, **kw, **per_client(i)},
@@ -130,6 +140,17 @@ CASES: dict[str, Callable[[], tuple[nn.Module, dict[str, Any]]]] = {
             "epochs": 1 + i % 3,
             "optimizer": ff.sgd(0.05 * (1 + i % 2), momentum=0.5 * (i % 2)),
         },
+    ),
+    "logistic, clients split from one dataset (one gather per step)": lambda: _federation(
+        lambda: logistic_regression(6, 3), (6,), epochs=2, batch_size=4, one_storage=True
+    ),
+    "small cnn, clients split from one dataset (one gather per step)": lambda: _federation(
+        lambda: cnn(1, 3, image_size=8),
+        (1, 8, 8),
+        [3, 7, 2, 9],
+        epochs=2,
+        batch_size=4,
+        one_storage=True,
     ),
     "nesterov with dampening": lambda: _federation(
         lambda: logistic_regression(6, 3),
@@ -391,3 +412,22 @@ def test_changed_dataset_is_read_again() -> None:
     assert backend.vectorized == 3 * len(SIZES)
     for k in seq:
         torch.testing.assert_close(vec[k], seq[k], rtol=0, atol=1e-5)
+
+
+def test_one_gather_from_a_shared_storage_equals_per_participant_gathers() -> None:
+    pooled = _data(40, (2, 3), 3, seed=1)
+    parts = [torch.arange(40)[i::4].numpy() for i in range(4)]  # 10 rows each
+    trains = [c.train.tensors for c in split_by_partition(pooled, parts).values()]
+    xs, ys = [t[0] for t in trains], [t[1] for t in trains]
+    ax, ay = _arena(xs), _arena(ys)
+    assert ax is not None and ay is not None
+    assert ax.offsets.tolist() == ay.offsets.tolist() == [0, 10, 20, 30]
+    index = torch.randint(0, 10, (3, 5), generator=torch.Generator().manual_seed(0))
+    want = _gather(xs[:3], ys[:3], index)  # per participant
+    got = _gather(xs[:3], ys[:3], index, (ax, ay))
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    assert torch.equal(got[0][1, 2], xs[1][index[1, 2]])
+    # not one storage, or not whole rows of it: no arena (the per-participant path)
+    assert _arena([xs[0], xs[1].clone()]) is None
+    assert _arena([xs[0], xs[1].reshape(-1)[3:9].view(1, 2, 3)]) is None  # half a row in
+    assert _arena([xs[0][:, :, 1:]]) is None  # not contiguous

@@ -52,7 +52,14 @@ from torch.utils.data import TensorDataset
 
 from fedforge.backends.base import ClientFailure, Job, describe
 from fedforge.backends.schedule import client_schedule, schedule, step_count
-from fedforge.backends.vmap_sgd import PerExampleLoss, _gather, _Hyper, _make_step, _sgd_step
+from fedforge.backends.vmap_sgd import (
+    PerExampleLoss,
+    _arena,
+    _gather,
+    _Hyper,
+    _make_step,
+    _sgd_step,
+)
 from fedforge.client.torch_client import TorchClient
 from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
 from fedforge.params import ClientId, Params
@@ -478,10 +485,14 @@ class Vectorized:
         momentum: dict[str, Tensor] = {}
         loss_sum = torch.zeros(c, dtype=torch.float64, device=group.device)
         step = _make_step(group, hyper.prox_mu)
+        ax, ay = _arena([p.x for p in plans]), _arena([p.y for p in plans])
+        arenas = (ax, ay) if ax is not None and ay is not None else None
         with torch.no_grad():
             for t in range(t_max):
                 a, b, first = active[t], widths[t], t == 0
-                x, y = _gather([p.x for p in plans[:a]], [p.y for p in plans[:a]], index[:a, t, :b])
+                x, y = _gather(
+                    [p.x for p in plans[:a]], [p.y for p in plans[:a]], index[:a, t, :b], arenas
+                )
                 live = stack if first else {k: v[:a] for k, v in stack.items()}
                 grads, losses = step(live, frozen, anchors, x, y, weights[:a, t, :b], shared=first)
                 loss_sum[:a] += losses.double()

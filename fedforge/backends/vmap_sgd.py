@@ -91,10 +91,73 @@ def _make_step(group: _ModelGroup, prox_mu: float) -> StepFn:
     return step
 
 
-def _gather(xs: Sequence[Tensor], ys: Sequence[Tensor], index: Tensor) -> tuple[Tensor, Tensor]:
+@dataclass(frozen=True)
+class _Arena:
+    """Participants' tensors that are row blocks of one storage (as ``split_by_partition``
+    lays them out): ``base`` is that storage seen as rows, participant ``r`` starts at row
+    ``offsets[r]``, so a batch for many participants is ONE ``index_select`` from ``base``."""
+
+    base: Tensor
+    offsets: Tensor  # (participants,) int64
+
+
+def _arena(ts: Sequence[Tensor]) -> _Arena | None:
+    """The shared storage of ``ts`` as rows, if every tensor is a contiguous row block of it
+    with the same dtype, device and row shape; otherwise None."""
+    first = ts[0]
+    if first.dim() == 0:
+        return None
+    tail = tuple(first.shape[1:])
+    row = 1
+    for d in tail:
+        row *= d
+    storage = first.untyped_storage()
+    ptr = storage.data_ptr()
+    offsets: list[int] = []
+    for t in ts:
+        off = t.storage_offset()
+        if (
+            t.untyped_storage().data_ptr() != ptr
+            or t.dtype != first.dtype
+            or t.device != first.device
+            or tuple(t.shape[1:]) != tail
+            or not t.is_contiguous()
+            or row == 0
+            or off % row
+        ):
+            return None
+        offsets.append(off // row)
+    rows = storage.nbytes() // (row * first.element_size())
+    shape = (rows, *tail)
+    contiguous = [1] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        contiguous[i] = contiguous[i + 1] * shape[i + 1]
+    base = torch.empty(0, dtype=first.dtype, device=first.device).set_(
+        storage, 0, shape, tuple(contiguous)
+    )
+    return _Arena(base, torch.tensor(offsets, dtype=torch.int64, device=first.device))
+
+
+def _gather(
+    xs: Sequence[Tensor],
+    ys: Sequence[Tensor],
+    index: Tensor,
+    arenas: tuple[_Arena, _Arena] | None = None,
+) -> tuple[Tensor, Tensor]:
     """Row ``r`` of the result is participant ``r``'s examples ``index[r]``: one copy straight
-    from each participant's own tensors into the batch (no concatenated copy of the data)."""
+    from each participant's own tensors into the batch (no concatenated copy of the data).
+    With ``arenas`` (the participants' x and y are row blocks of one storage each) the
+    whole batch is one ``index_select`` per tensor instead of one per participant."""
     a, b = index.shape
+    if arenas is not None:
+        ax, ay = arenas
+        x = torch.empty((a, b, *ax.base.shape[1:]), dtype=ax.base.dtype, device=ax.base.device)
+        y = torch.empty((a, b, *ay.base.shape[1:]), dtype=ay.base.dtype, device=ay.base.device)
+        gx = (index + ax.offsets[:a, None]).reshape(-1)
+        torch.index_select(ax.base, 0, gx, out=x.view(a * b, *ax.base.shape[1:]))
+        gy = gx if torch.equal(ax.offsets, ay.offsets) else (index + ay.offsets[:a, None])
+        torch.index_select(ay.base, 0, gy.reshape(-1), out=y.view(a * b, *ay.base.shape[1:]))
+        return x, y
     x = torch.empty((a, b, *xs[0].shape[1:]), dtype=xs[0].dtype, device=xs[0].device)
     y = torch.empty((a, b, *ys[0].shape[1:]), dtype=ys[0].dtype, device=ys[0].device)
     for r, (xr, yr, ir) in enumerate(zip(xs, ys, index.unbind(0), strict=True)):

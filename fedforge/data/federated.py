@@ -105,10 +105,19 @@ def partition_labels(dataset: TensorDataset) -> npt.NDArray[np.generic]:
     return check_labels(dataset.tensors[1].detach().cpu().numpy(), "labels (second tensor)")
 
 
-def _take(train: TensorDataset, idx: npt.NDArray[np.int64]) -> TensorDataset:
-    index = torch.from_numpy(np.sort(idx))
-    # index_select, not t[index]: measured 10x faster for a few rows of a large tensor
-    return TensorDataset(*(t.index_select(0, index) for t in train.tensors))
+def _take_all(train: TensorDataset, idxs: list[npt.NDArray[np.int64]]) -> list[TensorDataset]:
+    """``train`` restricted to each index array (sorted), all of them row blocks of ONE new
+    tensor per dataset tensor: the same memory as separate copies, and a simulation backend
+    can gather a batch for many clients with one ``index_select`` (see
+    ``backends.vmap_sgd._Arena``). index_select, not ``t[index]``: measured 10x faster."""
+    if not idxs:
+        return []
+    order = torch.from_numpy(np.concatenate([np.sort(i) for i in idxs]))
+    bounds = np.cumsum([0] + [len(i) for i in idxs]).tolist()
+    blocks = [t.index_select(0, order) for t in train.tensors]
+    return [
+        TensorDataset(*(b[bounds[k] : bounds[k + 1]] for b in blocks)) for k in range(len(idxs))
+    ]
 
 
 def split_by_partition(
@@ -136,7 +145,9 @@ def split_by_partition(
         raise ValueError("parts must hold at least one client's index array, got an empty list")
     n = len(train)
     rng = np.random.default_rng(seed)
-    out: dict[ClientId, ClientData] = {}
+    ids: list[ClientId] = []
+    train_idx: list[npt.NDArray[np.int64]] = []
+    test_idx: list[npt.NDArray[np.int64]] = []
     for i, part in enumerate(parts):
         cid = f"{prefix}{i:04d}"
         idx = np.asarray(part)
@@ -153,8 +164,9 @@ def split_by_partition(
             )
         if len(np.unique(idx)) != idx.size:
             raise ValueError(f"parts[{i}] holds duplicate indices")
+        ids.append(cid)
         if frac == 0.0:
-            out[cid] = ClientData(train=_take(train, idx), test=None)
+            train_idx.append(idx)
             continue
         n_eval = max(1, round(frac * idx.size))
         if n_eval >= idx.size:
@@ -163,7 +175,10 @@ def split_by_partition(
                 "examples; lower eval_fraction or give every client more examples"
             )
         shuffled = rng.permutation(idx)
-        out[cid] = ClientData(
-            train=_take(train, shuffled[n_eval:]), test=_take(train, shuffled[:n_eval])
-        )
-    return out
+        train_idx.append(shuffled[n_eval:])
+        test_idx.append(shuffled[:n_eval])
+    trains = _take_all(train, train_idx)
+    tests: list[TensorDataset | None] = list(_take_all(train, test_idx)) or [None] * len(ids)
+    return {
+        cid: ClientData(train=tr, test=te) for cid, tr, te in zip(ids, trains, tests, strict=True)
+    }

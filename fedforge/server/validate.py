@@ -17,10 +17,12 @@ def check_update(result: FitResult, template: Params) -> str | None:
         isinstance(v, torch.Tensor) for v in update.values()
     ):
         return "update is not a mapping of names to tensors"
-    if update.keys() == template.keys():
-        update = {k: update[k] for k in template}  # order is not part of the contract
-    why = Spec.of(template).describe_mismatch(Spec.of(update))
-    if why is not None:
+    same = update.keys() == template.keys()
+    if not (same and all(_alike(update[k], t) for k, t in template.items())):
+        # slow path, only for a bad update: say exactly what differs
+        if same:
+            update = {k: update[k] for k in template}  # order is not part of the contract
+        why = Spec.of(template).describe_mismatch(Spec.of(update)) or "structure differs"
         if any(".lora_" in k for k in update):
             why += (
                 "; an adapter of another rank or shape needs an aggregator for heterogeneous "
@@ -28,7 +30,12 @@ def check_update(result: FitResult, template: Params) -> str | None:
                 "participant the global LoraSpec"
             )
         return f"wrong structure: {why}"
-    for name, t in update.items():
+    for name in template:  # the template's order: the first bad tensor named is stable
+        t = update[name]
         if t.is_floating_point() and not tensor_is_finite(t):
             return f"tensor {name!r} contains NaN or Inf"
     return None
+
+
+def _alike(u: torch.Tensor, t: torch.Tensor) -> bool:
+    return u.shape == t.shape and u.dtype == t.dtype
