@@ -207,3 +207,50 @@ def test_update_of_another_rank_is_left_out_with_what_to_do(blocks):
     assert rec["aggregated"] == 2
     reason = rec["rejected"]["IAGO"]
     assert "wrong structure" in reason and "FloraSimulation" in reason
+
+
+def test_stateful_participant_resumes_its_adamw_state_and_others_are_unaffected(blocks):
+    """keep_optimizer_state: round 2 of a participant continues its own AdamW (moments and
+    step count), exactly as one optimizer running both rounds' steps would; a fresh
+    participant's second round differs from that."""
+    b = blocks["HAMLET"]
+    model = attach_lora(tiny_llama(hidden_size=32, layers=2, seed=0), LoraSpec(rank=4))
+    p0 = adapter_params(model)
+    keep = LocalTraining(steps=2, batch_size=4, optimizer=adamw(3e-2), keep_optimizer_state=True)
+    fresh = LocalTraining(steps=2, batch_size=4, optimizer=adamw(3e-2))
+    stateful = LLMClient(model, b.train, training=keep)
+    stateless = LLMClient(model, b.train, training=fresh)
+    other = LLMClient(model, b.train, training=keep)
+    u1 = stateful.fit(p0, RoundInfo(round=1, seed=5)).update
+    p1 = add(p0, u1)
+    u2 = stateful.fit(p1, RoundInfo(round=2, seed=6)).update
+    assert stateful._opt_state and stateful._opt_state["state"]["state"][0]["step"] == 4
+    v2 = stateless.fit(p1, RoundInfo(round=2, seed=6)).update
+    w2 = other.fit(p1, RoundInfo(round=2, seed=6)).update  # its own state: empty, so fresh
+    for k in u2:
+        assert torch.equal(w2[k], v2[k]), k
+    assert any(not torch.allclose(u2[k], v2[k]) for k in u2)
+    # the same as ONE AdamW that kept running from round 1 into round 2
+    load_adapter(model, p0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=3e-2, weight_decay=0.0)
+    from fedforge.llm.client import _micro_batches
+
+    for r, seed in ((1, 5), (2, 6)):
+        if r == 2:
+            load_adapter(model, p1)
+        gen = torch.Generator().manual_seed(seed)
+        batches = _micro_batches(b.train.shape[0], 4, 2, gen)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model.train()
+            for _ in range(2):
+                opt.zero_grad(set_to_none=True)
+                x = b.train[next(batches)]
+                model(input_ids=x, labels=x).loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                opt.step()
+            model.eval()
+    want = adapter_params(model)
+    for k in u2:
+        torch.testing.assert_close(add(p1, u2)[k], want[k], rtol=0, atol=1e-6)

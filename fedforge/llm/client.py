@@ -68,7 +68,11 @@ class LocalTraining:
     Each of ``steps`` optimizer steps averages the gradients of ``grad_accum``
     micro-batches of ``batch_size`` blocks. ``autocast`` is a dtype for
     ``torch.autocast`` (None: full precision). ``gradient_checkpointing``
-    trades compute for activation memory.
+    trades compute for activation memory. ``keep_optimizer_state`` makes a
+    participant carry its optimizer state (AdamW's moments and step count)
+    from one round to its next instead of starting fresh: a stateful client,
+    which costs two adapter-sized tensors per participant and lives only in
+    the participant (nothing extra travels).
     """
 
     steps: int = 4
@@ -78,6 +82,7 @@ class LocalTraining:
     gradient_checkpointing: bool = False
     autocast: torch.dtype | None = None
     max_grad_norm: float | None = 1.0
+    keep_optimizer_state: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum"):
@@ -109,10 +114,18 @@ def _micro_batches(n: int, size: int, count: int, gen: torch.Generator) -> Itera
         yield torch.cat(idx)
 
 
-def local_train(model: nn.Module, blocks: Tensor, plan: LocalTraining, seed: int) -> float:
+def local_train(
+    model: nn.Module,
+    blocks: Tensor,
+    plan: LocalTraining,
+    seed: int,
+    optimizer_state: dict[str, Any] | None = None,
+) -> float:
     """Train ``model``'s trainable parameters on ``blocks`` in place; mean train loss.
 
-    All randomness (batch order, dropout) comes from ``seed``.
+    All randomness (batch order, dropout) comes from ``seed``. With
+    ``optimizer_state`` (a dict, possibly empty), the optimizer starts from
+    the state stored there (if any) and leaves its final state there.
     """
     if blocks.dim() != 2 or blocks.shape[0] == 0:
         raise ValueError(
@@ -123,6 +136,8 @@ def local_train(model: nn.Module, blocks: Tensor, plan: LocalTraining, seed: int
         raise ValueError("the model has no trainable parameters; attach_lora first")
     device = next(model.parameters()).device
     opt = plan.optimizer(trainable)
+    if optimizer_state:
+        opt.load_state_dict(optimizer_state["state"])
     gen = torch.Generator().manual_seed(seed)
     batches = _micro_batches(blocks.shape[0], plan.batch_size, plan.steps * plan.grad_accum, gen)
     hf: Any = model  # a transformers / PEFT model
@@ -153,6 +168,8 @@ def local_train(model: nn.Module, blocks: Tensor, plan: LocalTraining, seed: int
                 if plan.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(trainable, plan.max_grad_norm)
                 opt.step()
+        if optimizer_state is not None:
+            optimizer_state["state"] = opt.state_dict()
     finally:
         model.eval()
         if checkpointing:
@@ -182,6 +199,7 @@ class LLMClient:
         self.held_out = held_out
         self.training = training or LocalTraining()
         self.eval_batch_size = eval_batch_size
+        self._opt_state: dict[str, Any] | None = {} if self.training.keep_optimizer_state else None
 
     @property
     def num_tokens(self) -> int:
@@ -195,7 +213,7 @@ class LLMClient:
                 "the global params are not exactly this adapter's travelling tensors; "
                 "build them with adapter_params(model) on a model with the same LoraSpec"
             )
-        loss = local_train(self.model, self.train, self.training, info.seed)
+        loss = local_train(self.model, self.train, self.training, info.seed, self._opt_state)
         update = sub(adapter_params(self.model), old)
         metrics = {"train_loss": loss, "local_steps": float(self.training.steps)}
         return FitResult(update, self.num_tokens, metrics)
