@@ -15,7 +15,11 @@ from fedforge.llm import byte_tokenizer, tiny_llama  # noqa: E402
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "llm_shakespeare.py"
 
 
-def test_llm_shakespeare_example_small(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("algorithm", "extra"),
+    [("fedsgd-adam", ["--server-lr", "0.03"]), ("fedavg", ["--server-lr", "2"])],
+)
+def test_llm_shakespeare_example_small(tmp_path, capsys, algorithm, extra):
     tiny_llama(hidden_size=32, layers=2).save_pretrained(tmp_path)
     byte_tokenizer().save_pretrained(tmp_path)
     spec = importlib.util.spec_from_file_location("llm_shakespeare", EXAMPLE)
@@ -44,6 +48,9 @@ def test_llm_shakespeare_example_small(tmp_path, capsys):
                 "1",
                 "--lr",
                 "0.03",
+                "--algorithm",
+                algorithm,
+                *extra,
             ]
         )
     finally:
@@ -53,3 +60,7 @@ def test_llm_shakespeare_example_small(tmp_path, capsys):
     assert set(result["perplexity_local_only"]) and result["perplexity_centralized"] > 0
     assert result["perplexity_federated"] < result["perplexity_before"]
     assert result["bytes_fraction"] < 0.2  # tiny model: the adapter is a large share of it
+    # the preset decided the optimizers; the explicit --server-lr and --rounds won
+    want = {"fedsgd-adam": "fedadam", "fedavg": "fedavg"}[algorithm]
+    assert result["algorithm"] == algorithm and result["server_optimizer"] == want
+    assert result["rounds"] == 2
