@@ -62,7 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "scale_updates.md"
 FLOWER_SCRIPT = Path(__file__).parent / "peers" / "flower_updates.py"
 FLOWER_PYTHON = ROOT / ".peers" / "flower" / "bin" / "python"
-FEDFORGE_BACKENDS = ("sequential", "processes", "vectorized")
+FEDFORGE_BACKENDS = ("sequential", "processes", "vectorized", "vectorized_all_cores")
 ALL = (*FEDFORGE_BACKENDS, "flower")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -137,8 +137,9 @@ def fedforge_worker(args: argparse.Namespace) -> dict[str, Any]:
         backend = ff.Sequential(threads=1)
     elif args.worker == "processes":
         backend = ff.Processes(workers=cpus, threads_per_worker=1)
-    else:
-        torch.set_num_threads(args.vectorized_threads)
+    else:  # vectorized: --vectorized-threads torch threads, or one per core
+        all_cores = args.worker == "vectorized_all_cores"
+        torch.set_num_threads(cpus if all_cores else args.vectorized_threads)
         backend = Vectorized()
     server = ff.Server(
         ff.from_module(model),
@@ -319,7 +320,7 @@ def command(framework: str, n: int, rounds: int, data: Path, args: argparse.Name
         "--lr", str(args.lr), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
         "--cpus", str(args.cpus), "--data", str(data),
     ]  # fmt: skip
-    if framework == "vectorized":
+    if framework.startswith("vectorized"):
         common += ["--vectorized-threads", str(args.vectorized_threads)]
     if framework == "flower":
         return [str(args.flower_python), str(FLOWER_SCRIPT), *common]
@@ -429,7 +430,9 @@ def write_table(rows: list[dict[str, Any]], info: dict[str, str], args: argparse
         "counts a shared page in every process that maps it (the dataset file each Ray "
         "worker maps, the parent's pages in forked `Processes` workers), PSS splits it among "
         "them. Backends: `sequential` one torch thread; `processes` one worker per core; "
-        f"`vectorized` one process with {args.vectorized_threads} torch thread(s); Flower one "
+        f"`vectorized` one process with {args.vectorized_threads} torch thread(s), "
+        f"`vectorized_all_cores` the same with one torch thread per core ({args.cpus}, as "
+        "many as Flower's actors); Flower one "
         "CPU per ClientApp actor. Where a run would not fit the time budget its rounds took "
         "fewer participants (said in the rounds column): its updates/s still count whole "
         "participant updates of the same size, its accuracy is not comparable.",
@@ -459,12 +462,16 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
     ratios = []
     for r in ok:
         ref = flower.get(r["clients"])
-        if r["framework"] == "vectorized" and ref:
+        if r["framework"].startswith("vectorized") and ref:
             ratios.append((r["clients"], r["updates_per_s"] / ref["updates_per_s"]))
+    best: dict[int, float] = {}
+    for n, x in ratios:  # the faster vectorized variant at each N
+        best[n] = max(best.get(n, 0.0), x)
+    ratios = sorted(best.items())
     if ratios:
         met = [n for n, x in ratios if x >= 50]
         out.append(
-            "- Vectorized vs Flower, client updates/s: "
+            "- Vectorized (the faster of its thread settings) vs Flower, client updates/s: "
             + ", ".join(f"{x:.1f}× at {n:,}" for n, x in ratios)
             + ". Target ≥ 50×: "
             + (f"met at {', '.join(f'{n:,}' for n in met)}" if met else "not met")
@@ -477,6 +484,7 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
         )
     for r in ok:
         if r["framework"] == "vectorized" and r["clients"] >= 10000 and r["per_round"] >= 10000:
+            # the 1-thread run: the memory figure does not depend on threads
             out.append(
                 f"- A round of {r['per_round']:,} participants on the vectorized backend fit "
                 f"and finished: {r['per_round'] / r['updates_per_s']:.1f} s per round after "
