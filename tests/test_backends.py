@@ -50,3 +50,26 @@ def test_worker_crash_fails_one_client_and_the_pool_recovers():
 def test_processes_rejects_zero_workers():
     with pytest.raises(ValueError):
         ff.Processes(workers=0)
+
+
+def test_processes_removes_its_shared_memory_folder_even_without_close():
+    import gc
+
+    _, clients, _ = classifier_federation()
+    closed = ff.Processes(workers=1)
+    closed.start(clients)
+    first = closed._tmp
+    assert first is not None and first.is_dir()
+    closed.start(clients)  # a restart replaces the folder instead of leaking the first
+    assert not first.exists() and closed._tmp is not None and closed._tmp.is_dir()
+    second = closed._tmp
+    closed.close()
+    assert not second.exists()
+    dropped = ff.Processes(workers=1)
+    dropped.start(clients)
+    third = dropped._tmp
+    assert third is not None and third.is_dir()
+    dropped._pool.shutdown(wait=True)  # the pool holds no reference back to the backend
+    del dropped
+    gc.collect()
+    assert not third.exists()

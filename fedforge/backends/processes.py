@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import shutil
 import tempfile
+import weakref
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -73,12 +74,17 @@ class Processes:
         self._pool: ProcessPoolExecutor | None = None
         self._clients: Mapping[ClientId, Client] = {}
         self._tmp: Path | None = None
+        self._cleanup: weakref.finalize[Any, Any] | None = None
         self._round_file = 0
 
     def start(self, clients: Mapping[ClientId, Client]) -> None:
+        self.close()  # started before: its pool and folder go first
         self._clients = clients
         shm = Path("/dev/shm")
         self._tmp = Path(tempfile.mkdtemp(prefix="fedforge-", dir=shm if shm.is_dir() else None))
+        # /dev/shm is memory: remove the folder even if close() is never called (dropped
+        # backend, exception, interpreter exit); only a SIGKILL can leave it behind.
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._tmp), True)
         self._spawn()
 
     def _spawn(self) -> None:
@@ -157,9 +163,13 @@ class Processes:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
+        self._remove_tmp()
+
+    def _remove_tmp(self) -> None:
+        if self._cleanup is not None:
+            self._cleanup()  # runs shutil.rmtree once; later calls do nothing
+            self._cleanup = None
+        self._tmp = None
 
 
 def _failed_future(reason: str) -> Future[Any]:
