@@ -19,8 +19,8 @@ from torch.utils.data import TensorDataset
 
 import fedforge as ff
 from fedforge.backends.vectorized import Vectorized, client_schedule
-from fedforge.client import EvalResult, FitResult, RoundInfo, Task
 from fedforge.backends.vmap_sgd import _arena, _gather
+from fedforge.client import EvalResult, FitResult, RoundInfo, Task
 from fedforge.data import split_by_partition, synthetic_linear
 from fedforge.models import cnn, logistic_regression, mlp
 from fedforge.params import Params
@@ -69,7 +69,9 @@ def _federation(
         pooled = _data(sum(sizes), shape, 3, seed=99)
         perm = torch.randperm(sum(sizes), generator=torch.Generator().manual_seed(5)).numpy()
         bounds = [0, *torch.tensor(sizes).cumsum(0).tolist()]
-        split = split_by_partition(pooled, [perm[a:b] for a, b in zip(bounds, bounds[1:])])
+        split = split_by_partition(
+            pooled, [perm[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        )
         datasets = [c.train for c in split.values()]
     else:
         datasets = [_data(n, shape, 3, seed=i) for i, n in enumerate(sizes)]
