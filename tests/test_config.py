@@ -157,3 +157,19 @@ def test_lowrank_and_shared_randomk_from_config():
 
     (rk,) = build_pipeline(shared.compression.uplink, "compression.uplink").transforms
     assert isinstance(rk, RandomK) and rk.shared
+
+
+def test_linear_aggregator_batch_from_config_and_its_bounds():
+    from fedforge.aggregate import WeightedMean
+    from fedforge.experiment import aggregator
+
+    cfg = C.validate(
+        C.apply_overrides({}, ["server.aggregator.name=weighted_mean", "server.aggregator.batch=8"])
+    )
+    agg = aggregator(cfg.server.aggregator)
+    assert isinstance(agg, WeightedMean) and agg.batch == 8
+    assert aggregator(C.validate({}).server.aggregator).batch == 1  # the default
+    with pytest.raises(C.ConfigError, match="batch"):
+        C.validate({"server": {"aggregator": {"name": "mean", "batch": 0}}})
+    with pytest.raises(C.ConfigError, match="batch"):
+        C.validate({"server": {"aggregator": {"name": "median", "batch": 4}}})  # not linear
