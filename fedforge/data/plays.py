@@ -31,9 +31,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["default_plays_root", "parse_plays", "title_from_filename"]
+__all__ = ["Speech", "default_plays_root", "parse_plays", "parse_speeches", "title_from_filename"]
 
 _SPEAKER = re.compile(r"^\*\*([^*]+)\*\*$")
 _BRACKET_DIRECTION = re.compile(r"^\[[^\]]*\]_?$")
@@ -65,11 +66,29 @@ def _normalize_role(name: str) -> str:
     return " ".join(name.replace(":", " ").split()).upper()
 
 
-def _parse_play(text: str, fallback_title: str) -> tuple[str, dict[str, list[str]]]:
+@dataclass(frozen=True)
+class Speech:
+    """One speech in play order: its speaker, its lines joined by ``"\\n"``, and the
+    number of the scene (any heading starts a new one) it belongs to."""
+
+    role: str
+    text: str
+    scene: int
+
+
+def _parse_speeches(text: str, fallback_title: str) -> tuple[str, list[Speech]]:
     title: str | None = None
     speaker: str | None = None
     closing: str | None = None  # closing marker of a multi-line stage direction
-    roles: dict[str, list[str]] = {}
+    scene = 0
+    speeches: list[Speech] = []
+    current: list[str] = []
+
+    def flush() -> None:
+        if speaker is not None and current:
+            speeches.append(Speech(speaker, "\n".join(current), scene))
+        current.clear()
+
     for raw in text.splitlines():
         line = raw.strip()
         if closing is not None:
@@ -81,10 +100,13 @@ def _parse_play(text: str, fallback_title: str) -> tuple[str, dict[str, list[str
         if line.startswith("#"):
             if title is None and line.startswith("# "):
                 title = line[2:].strip()
+            flush()
             speaker = None
+            scene += 1
             continue
         match = _SPEAKER.match(line)
         if match:
+            flush()
             speaker = _normalize_role(match.group(1))
             continue
         if line[0] == "_" or (line[0] == "*" and not line.startswith("**")):
@@ -97,18 +119,32 @@ def _parse_play(text: str, fallback_title: str) -> tuple[str, dict[str, list[str
         line = _INLINE_GAP.sub("", line).rstrip()
         if speaker is None or not line:
             continue
-        roles.setdefault(speaker, []).append(line)
-    return (title or fallback_title), roles
+        current.append(line)
+    flush()
+    return (title or fallback_title), speeches
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_speech_root(root: str) -> tuple[tuple[str, tuple[Speech, ...]], ...]:
+    files = sorted(Path(root).glob("**/*.md"))
+    if not files:
+        raise FileNotFoundError(f"no plays (*.md files) found under {root}")
+    out = []
+    for file in files:
+        title, speeches = _parse_speeches(
+            file.read_text(encoding="utf-8"), title_from_filename(file)
+        )
+        out.append((title, tuple(speeches)))
+    return tuple(out)
 
 
 @functools.lru_cache(maxsize=4)
 def _parse_root(root: str) -> dict[tuple[str, str], str]:
-    files = sorted(Path(root).glob("**/*.md"))
-    if not files:
-        raise FileNotFoundError(f"no plays (*.md files) found under {root}")
     out: dict[tuple[str, str], str] = {}
-    for file in files:
-        title, roles = _parse_play(file.read_text(encoding="utf-8"), title_from_filename(file))
+    for title, speeches in _parse_speech_root(root):
+        roles: dict[str, list[str]] = {}
+        for sp in speeches:
+            roles.setdefault(sp.role, []).append(sp.text)
         for role, lines in roles.items():
             key = (title, role)
             if key in out:  # same title in two files: keep both, in file order
@@ -130,3 +166,18 @@ def parse_plays(root: Path | str | None = None) -> dict[tuple[str, str], str]:
     if not folder.is_dir():
         raise FileNotFoundError(f"plays folder {folder} does not exist")
     return dict(_parse_root(str(folder.resolve())))
+
+
+def parse_speeches(root: Path | str | None = None) -> dict[str, list[Speech]]:
+    """Map each play title to its speeches in play order (same parsing rules as
+    ``parse_plays``, whose per-role text is the speeches of a role joined by ``"\\n"``).
+
+    A play whose title appears in two files gets their speeches in file order.
+    """
+    folder = default_plays_root() if root is None else Path(root)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"plays folder {folder} does not exist")
+    out: dict[str, list[Speech]] = {}
+    for title, speeches in _parse_speech_root(str(folder.resolve())):
+        out.setdefault(title, []).extend(speeches)
+    return out

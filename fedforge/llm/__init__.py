@@ -35,6 +35,12 @@ from fedforge.llm.client import (
     sgd,
 )
 from fedforge.llm.flora import FloraParticipant, FloraSimulation, ranks_cycle
+from fedforge.llm.instruct import (
+    Exchange,
+    dialogue_exchanges,
+    instruction_blocks,
+    instruction_prompt,
+)
 from fedforge.llm.loading import (
     check_gguf_file,
     check_tokenizer,
@@ -54,6 +60,7 @@ from fedforge.llm.text import (
 from fedforge.llm.tiny import byte_tokenizer, tiny_llama
 
 __all__ = [
+    "Exchange",
     "FloraParticipant",
     "FloraSimulation",
     "LLMClient",
@@ -70,8 +77,11 @@ __all__ = [
     "check_gguf_file",
     "check_tokenizer",
     "default_autocast",
+    "dialogue_exchanges",
     "generate_sample",
     "gguf_cache_dir",
+    "instruction_blocks",
+    "instruction_prompt",
     "linear_module_names",
     "load_adapter",
     "load_causal_lm",

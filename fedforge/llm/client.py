@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from fedforge.client.types import EvalResult, FitResult, RoundInfo
 from fedforge.llm.adapters import adapter_params, load_adapter
-from fedforge.llm.text import mean_nll
+from fedforge.llm.text import IGNORE, mean_nll
 from fedforge.params import Params, sub
 
 __all__ = [
@@ -120,12 +120,15 @@ def local_train(
     plan: LocalTraining,
     seed: int,
     optimizer_state: dict[str, Any] | None = None,
+    labels: Tensor | None = None,
 ) -> float:
     """Train ``model``'s trainable parameters on ``blocks`` in place; mean train loss.
 
     All randomness (batch order, dropout) comes from ``seed``. With
     ``optimizer_state`` (a dict, possibly empty), the optimizer starts from
-    the state stored there (if any) and leaves its final state there.
+    the state stored there (if any) and leaves its final state there. ``labels``
+    (shaped like ``blocks``, ``IGNORE`` where a token is not to be predicted) restrict
+    the loss, e.g. to the responses of instruction examples.
     """
     if blocks.dim() != 2 or blocks.shape[0] == 0:
         raise ValueError(
@@ -160,9 +163,11 @@ def local_train(
             for _ in range(plan.steps):
                 opt.zero_grad(set_to_none=True)
                 for _ in range(plan.grad_accum):
-                    x = blocks[next(batches)].to(device)  # (batch, seq_len)
+                    idx = next(batches)
+                    x = blocks[idx].to(device)  # (batch, seq_len)
+                    y = x if labels is None else labels[idx].to(device)
                     with cast:
-                        loss = model(input_ids=x, labels=x).loss
+                        loss = model(input_ids=x, labels=y).loss
                     (loss / plan.grad_accum).backward()
                     loss_sum += float(loss.detach())
                 if plan.max_grad_norm is not None:
@@ -188,15 +193,27 @@ class LLMClient:
         held_out: Tensor | None = None,
         training: LocalTraining | None = None,
         eval_batch_size: int = 8,
+        train_labels: Tensor | None = None,
+        held_out_labels: Tensor | None = None,
     ) -> None:
         if train.dim() != 2 or train.shape[0] == 0:
             raise ValueError(
                 f"a participant needs >= 1 training block of shape (blocks, seq_len), got "
                 f"{list(train.shape)}; give it more text or a smaller seq_len"
             )
+        for name, labels, blocks in (
+            ("train_labels", train_labels, train),
+            ("held_out_labels", held_out_labels, held_out),
+        ):
+            if labels is not None and (blocks is None or labels.shape != blocks.shape):
+                raise ValueError(
+                    f"{name} must have the shape of its blocks, got {list(labels.shape)}"
+                )
         self.model = model
         self.train = train
         self.held_out = held_out
+        self.train_labels = train_labels
+        self.held_out_labels = held_out_labels
         self.training = training or LocalTraining()
         self.eval_batch_size = eval_batch_size
         self._opt_state: dict[str, Any] | None = {} if self.training.keep_optimizer_state else None
@@ -213,7 +230,9 @@ class LLMClient:
                 "the global params are not exactly this adapter's travelling tensors; "
                 "build them with adapter_params(model) on a model with the same LoraSpec"
             )
-        loss = local_train(self.model, self.train, self.training, info.seed, self._opt_state)
+        loss = local_train(
+            self.model, self.train, self.training, info.seed, self._opt_state, self.train_labels
+        )
         update = sub(adapter_params(self.model), old)
         metrics = {"train_loss": loss, "local_steps": float(self.training.steps)}
         return FitResult(update, self.num_tokens, metrics)
@@ -222,20 +241,28 @@ class LLMClient:
         if self.held_out is None or self.held_out.shape[0] == 0:
             raise ValueError("this participant has no held-out blocks to evaluate on")
         load_adapter(self.model, params)
-        loss = mean_nll(self.model, self.held_out, self.eval_batch_size)
-        n = int(self.held_out.shape[0] * (self.held_out.shape[1] - 1))
+        loss = mean_nll(self.model, self.held_out, self.eval_batch_size, self.held_out_labels)
+        n = _predicted(self.held_out, self.held_out_labels)
         return EvalResult(loss, n, {"perplexity": math.exp(loss)})
 
 
+def _predicted(blocks: Tensor, labels: Tensor | None) -> int:
+    """How many tokens ``blocks`` predict (every one after the first, or the labelled ones)."""
+    if labels is None:
+        return int(blocks.shape[0] * (blocks.shape[1] - 1))
+    return int((labels[:, 1:] != IGNORE).sum())
+
+
 def adapter_evaluator(
-    model: Any, blocks: Tensor, batch_size: int = 8
+    model: Any, blocks: Tensor, batch_size: int = 8, labels: Tensor | None = None
 ) -> Callable[[Params], EvalResult]:
-    """A server-side ``central_eval``: the global adapter's loss and perplexity on ``blocks``."""
-    n = int(blocks.shape[0] * (blocks.shape[1] - 1))
+    """A server-side ``central_eval``: the global adapter's loss and perplexity on ``blocks``
+    (on the labelled tokens only, with ``labels``)."""
+    n = _predicted(blocks, labels)
 
     def evaluate(params: Params) -> EvalResult:
         load_adapter(model, params)
-        loss = mean_nll(model, blocks, batch_size)
+        loss = mean_nll(model, blocks, batch_size, labels)
         return EvalResult(loss, n, {"perplexity": math.exp(loss)})
 
     return evaluate

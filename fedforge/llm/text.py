@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "IGNORE",
     "TokenBlocks",
     "mean_nll",
     "pack",
@@ -34,12 +35,31 @@ __all__ = [
 ]
 
 
+IGNORE = -100  # a label that no loss is computed for (transformers' ignore_index)
+
+
 @dataclass(frozen=True)
 class TokenBlocks:
-    """A participant's data: ``train`` and ``held_out`` are ``(blocks, seq_len)`` int64."""
+    """A participant's data: ``train`` and ``held_out`` are ``(blocks, seq_len)`` int64.
+
+    ``*_labels`` (same shape, optional) say which tokens count in the loss: a token's
+    label is the token itself or ``IGNORE`` (e.g. the prompt of an instruction example,
+    padding). None: every token counts, as for packed text.
+    """
 
     train: Tensor
     held_out: Tensor
+    train_labels: Tensor | None = None
+    held_out_labels: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("train", "held_out"):
+            labels = getattr(self, f"{name}_labels")
+            if labels is not None and labels.shape != getattr(self, name).shape:
+                raise ValueError(
+                    f"{name}_labels has shape {list(labels.shape)}, {name} "
+                    f"{list(getattr(self, name).shape)}: they must match"
+                )
 
     @property
     def train_tokens(self) -> int:
@@ -123,8 +143,11 @@ def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def mean_nll(model: nn.Module, blocks: Tensor, batch_size: int = 8) -> float:
-    """Mean negative log-likelihood (nats) per predicted token over ``blocks``, eval mode."""
+def mean_nll(
+    model: nn.Module, blocks: Tensor, batch_size: int = 8, labels: Tensor | None = None
+) -> float:
+    """Mean negative log-likelihood (nats) per predicted token over ``blocks``, eval mode.
+    With ``labels``, only tokens whose label is not ``IGNORE`` are predicted."""
     if blocks.dim() != 2 or blocks.shape[0] == 0 or blocks.shape[1] < 2:
         raise ValueError(
             f"need a (blocks, seq_len >= 2) tensor with at least one block, got {list(blocks.shape)}"
@@ -138,14 +161,25 @@ def mean_nll(model: nn.Module, blocks: Tensor, batch_size: int = 8) -> float:
     with torch.no_grad():
         for start in range(0, blocks.shape[0], batch_size):
             x = blocks[start : start + batch_size].to(device)
-            out = model(input_ids=x, labels=x)
-            n = x.shape[0] * (x.shape[1] - 1)  # every block predicts seq_len - 1 tokens
+            if labels is None:
+                y = x
+                n = x.shape[0] * (x.shape[1] - 1)  # every block predicts seq_len - 1 tokens
+            else:
+                y = labels[start : start + batch_size].to(device)
+                n = int((y[:, 1:] != IGNORE).sum())
+                if n == 0:
+                    continue
+            out = model(input_ids=x, labels=y)
             total += float(out.loss) * n
             count += n
     model.train(was_training)
+    if count == 0:
+        raise ValueError("no token to predict: every label is IGNORE")
     return total / count
 
 
-def perplexity(model: nn.Module, blocks: Tensor, batch_size: int = 8) -> float:
-    """``exp(mean token NLL)`` of ``model`` on ``blocks``."""
-    return math.exp(mean_nll(model, blocks, batch_size))
+def perplexity(
+    model: nn.Module, blocks: Tensor, batch_size: int = 8, labels: Tensor | None = None
+) -> float:
+    """``exp(mean token NLL)`` of ``model`` on ``blocks`` (only labelled tokens: ``labels``)."""
+    return math.exp(mean_nll(model, blocks, batch_size, labels))
