@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 import fedforge as ff
-from fedforge.data.plays import parse_plays
+from fedforge.data.plays import parse_plays, parse_speeches
 from fedforge.llm import (
     LLMClient,
     LocalTraining,
@@ -72,7 +72,10 @@ from fedforge.llm import (
     adapter_evaluator,
     adapter_params,
     attach_lora,
+    dialogue_exchanges,
     generate_sample,
+    instruction_blocks,
+    instruction_prompt,
     load_adapter,
     load_causal_lm,
     model_bytes,
@@ -137,8 +140,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="[preset]")
     p.add_argument("--local-steps", type=int, default=1, help="optimizer steps per round")
     p.add_argument("--batch-size", type=int, default=None, help="[preset] blocks per step")
-    p.add_argument("--seq-len", type=int, default=64, help="tokens per block")
-    p.add_argument("--train-blocks", type=int, default=48, help="max train blocks per role")
+    p.add_argument(
+        "--task",
+        choices=("lm", "instruct"),
+        default="lm",
+        help="lm: the roles' lines as packed text (default); instruct: reply in character "
+        "to the speech before (chat-formatted, loss and perplexity on the replies only)",
+    )
+    p.add_argument(
+        "--seq-len", type=int, default=None, help="tokens per block (lm 64, instruct 160)"
+    )
+    p.add_argument(
+        "--train-blocks",
+        type=int,
+        default=None,
+        help="max train blocks (instruct: examples) per role (lm 48, instruct 32)",
+    )
     p.add_argument("--held-out-blocks", type=int, default=6, help="max held-out blocks per role")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16.0)
@@ -180,15 +197,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-baselines", action="store_true", help="federated run only")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prompt", default="HAMLET:\nTo be, or not to be,")
+    p.add_argument(
+        "--prompt",
+        default=None,
+        help="sample prompt (lm: 'HAMLET:\\nTo be, or not to be,'; instruct: the first role's "
+        "last held-out cue, chat-formatted)",
+    )
     args = p.parse_args(argv)
     for key, value in PRESETS[args.algorithm].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    lm = args.task == "lm"
+    args.seq_len = args.seq_len or (64 if lm else 160)
+    args.train_blocks = args.train_blocks or (48 if lm else 32)
     return args
 
 
-def pick_roles(count: int, min_chars: int, seed: int) -> dict[str, str]:
+def pick_roles(count: int, min_chars: int, seed: int) -> dict[str, tuple[str, str, str]]:
     """``count`` roles with at least ``min_chars`` characters, drawn with ``seed``."""
     texts = parse_plays()
     eligible = sorted(k for k, t in texts.items() if len(t) >= min_chars)
@@ -198,7 +223,9 @@ def pick_roles(count: int, min_chars: int, seed: int) -> dict[str, str]:
         )
     rng = np.random.default_rng(seed)
     picked = sorted(rng.choice(len(eligible), size=count, replace=False).tolist())
-    return {f"{eligible[i][1]} ({eligible[i][0]})": texts[eligible[i]] for i in picked}
+    return {
+        f"{eligible[i][1]} ({eligible[i][0]})": (*eligible[i], texts[eligible[i]]) for i in picked
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -222,18 +249,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     peft_model = attach_lora(model, spec)
     roles = pick_roles(args.roles, args.min_chars, args.seed)
-    data = {
-        name: participant_blocks(
-            tok,
-            text,
-            args.seq_len,
-            max_train_blocks=args.train_blocks,
-            max_held_out_blocks=args.held_out_blocks,
-        )
-        for name, text in roles.items()
-    }
+    if args.task == "lm":
+        data = {
+            name: participant_blocks(
+                tok,
+                text,
+                args.seq_len,
+                max_train_blocks=args.train_blocks,
+                max_held_out_blocks=args.held_out_blocks,
+            )
+            for name, (_, _, text) in roles.items()
+        }
+    else:
+        speeches = parse_speeches()
+        if args.prompt is None:
+            play, role, _ = next(iter(roles.values()))
+            last = dialogue_exchanges(play, speeches[play], role)[-1]  # always held out
+            args.prompt = instruction_prompt(tok, last)
+        data = {
+            name: instruction_blocks(
+                tok,
+                dialogue_exchanges(play, speeches[play], role),
+                args.seq_len,
+                max_train=args.train_blocks,
+                max_held_out=args.held_out_blocks,
+            )
+            for name, (play, role, _) in roles.items()
+        }
+    if args.prompt is None:
+        args.prompt = "HAMLET:\nTo be, or not to be,"
     union = torch.cat([d.held_out for d in data.values()])  # (blocks, seq_len)
-    evaluate = adapter_evaluator(peft_model, union, batch_size=args.baseline_batch_size)
+    union_labels = _cat_labels([d.held_out_labels for d in data.values()])
+    evaluate = adapter_evaluator(
+        peft_model, union, batch_size=args.baseline_batch_size, labels=union_labels
+    )
     if args.client_opt == "sgd":
         client_opt = sgd(args.client_lr or 1.0)
     else:
@@ -253,14 +302,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p0 = adapter_params(peft_model)
 
     load_adapter(peft_model, p0)
-    ppl_before = perplexity(peft_model, union, args.baseline_batch_size)
+    ppl_before = perplexity(peft_model, union, args.baseline_batch_size, union_labels)
     sample_before = generate_sample(peft_model, tok, args.prompt, 30)
     print(f"loaded in {t_load:.1f} s; {len(roles)} participants: {', '.join(roles)}")
     print(f"held-out union: {tuple(union.shape)} tokens; perplexity before: {ppl_before:.2f}")
 
     # --- federated: the core Server, sequential backend, one shared base model -----------
     t0 = time.perf_counter()
-    clients = {name: LLMClient(peft_model, d.train, training=plan) for name, d in data.items()}
+    clients = {
+        name: LLMClient(peft_model, d.train, training=plan, train_labels=d.train_labels)
+        for name, d in data.items()
+    }
     server = ff.Server(
         p0,
         sampler=ff.Sampler(per_round=len(clients), seed=args.seed),
@@ -288,14 +340,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         local_steps = math.ceil(rounds * steps * args.batch_size / bb)
         alone = LocalTraining(steps=local_steps, batch_size=bb, optimizer=adamw(args.lr))
         for name, d in data.items():
-            solo = LLMClient(peft_model, d.train, training=alone)
+            solo = LLMClient(peft_model, d.train, training=alone, train_labels=d.train_labels)
             info = ff.RoundInfo(round=1, seed=derive_seed(args.seed, "local", name))
             local[name] = evaluate(add(p0, solo.fit(p0, info).update)).metrics["perplexity"]
         pooled = torch.cat([d.train for d in data.values()])
+        pooled_labels = _cat_labels([d.train_labels for d in data.values()])
         central_plan = LocalTraining(
             steps=len(data) * local_steps, batch_size=bb, optimizer=adamw(args.lr)
         )
-        central = LLMClient(peft_model, pooled, training=central_plan)
+        central = LLMClient(peft_model, pooled, training=central_plan, train_labels=pooled_labels)
         info = ff.RoundInfo(round=1, seed=derive_seed(args.seed, "central"))
         ppl_central = evaluate(add(p0, central.fit(p0, info).update)).metrics["perplexity"]
         t_base = time.perf_counter() - t0
@@ -303,6 +356,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     per_round = bytes_up[-1] + bytes_down[-1]
     full_per_round = 2 * len(clients) * full_bytes
     result = {
+        "task": args.task,
         "algorithm": args.algorithm,
         "server_optimizer": args.server_opt,
         "participants": len(clients),
@@ -334,6 +388,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
+def _cat_labels(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """The participants' label tensors joined (None for packed text, which has none)."""
+    if all(p is None for p in parts):
+        return None
+    return torch.cat([p for p in parts if p is not None])
+
+
 def _server_optimizer(args: argparse.Namespace) -> Any:
     if args.server_opt == "fedadam":
         return ff.FedAdam(
@@ -352,7 +413,8 @@ def _print_table(r: dict[str, Any]) -> None:
     rows += [(f"local only: {k}", v) for k, v in r["perplexity_local_only"].items()]
     if not math.isnan(r["perplexity_centralized"]):
         rows.append(("centralized on the union", r["perplexity_centralized"]))
-    print("\nheld-out perplexity on the union of the participants' held-out text")
+    what = "text" if r["task"] == "lm" else "replies (instruct task: reply tokens only)"
+    print(f"\nheld-out perplexity on the union of the participants' held-out {what}")
     width = max(len(name) for name, _ in rows)
     for name, ppl in rows:
         print(f"  {name:<{width}}  {ppl:8.2f}")

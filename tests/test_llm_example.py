@@ -17,7 +17,11 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "llm_shakespeare.py
 
 @pytest.mark.parametrize(
     ("algorithm", "extra"),
-    [("fedsgd-adam", ["--server-lr", "0.03"]), ("fedavg", ["--server-lr", "2"])],
+    [
+        ("fedsgd-adam", ["--server-lr", "0.03"]),
+        ("fedavg", ["--server-lr", "2"]),
+        ("fedsgd-adam", ["--server-lr", "0.03", "--task", "instruct", "--seq-len", "256"]),
+    ],
 )
 def test_llm_shakespeare_example_small(tmp_path, capsys, algorithm, extra):
     tiny_llama(hidden_size=32, layers=2).save_pretrained(tmp_path)
@@ -64,3 +68,7 @@ def test_llm_shakespeare_example_small(tmp_path, capsys, algorithm, extra):
     want = {"fedsgd-adam": "fedadam", "fedavg": "fedavg"}[algorithm]
     assert result["algorithm"] == algorithm and result["server_optimizer"] == want
     assert result["rounds"] == 2
+    task = "instruct" if "instruct" in extra else "lm"
+    assert result["task"] == task
+    if task == "instruct":  # the sample prompt is a chat-less instruction frame here
+        assert "### Response:" in out and "reply tokens only" in out
