@@ -46,6 +46,16 @@ Measured (seed 0, held-out union; centralized 77.0, roles alone 91.7-93.5):
 * FFA-LoRA (``--algorithm fedavg --ffa --server-lr 4``; linear in B, so a server lr of 4
   = the sum of the deltas is exact): 86.1 against 83.5 for centralized FFA-LoRA.
 
+``--task instruct`` turns the same roles into an instruction-style task
+(``fedforge.llm.instruct``): each example is a chat turn "you are ROLE in PLAY", the
+previous speaker's speech as the user turn and the role's reply as the answer, 160
+tokens, loss and perplexity on the reply tokens only; a role's last 20 % of exchanges
+are held out. Measured (8.5 min on 2 idle cores): reply perplexity 94.7 before, 64.8
+federated (fedsgd-adam), 69.8-75.1 for each role alone, 62.6 centralized (+3.4 %);
+to Osric's "Young Fortinbras, with conquest come from Poland" the pretrained model
+answers "O, the war is not a war of conquest, but of the war of the war ...", the
+federated one "The king's son."
+
     python examples/llm_shakespeare.py --help
 """
 
