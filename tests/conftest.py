@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from torch.utils.data import TensorDataset
 
@@ -16,6 +17,14 @@ from fedforge.params import from_module
 # on a loaded machine). One thread here and in every subprocess a test starts.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test starts on one torch thread, whatever the test before it set."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
 
 
 def linear_federation(num_clients: int = 2, seed: int = 0, lr: float = 0.1):

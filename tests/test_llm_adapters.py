@@ -21,15 +21,6 @@ from fedforge.llm import (  # noqa: E402
 HIDDEN, LAYERS = 32, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and do not fight a busy CI box for cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _peft(spec: LoraSpec):
     return attach_lora(tiny_llama(hidden_size=HIDDEN, layers=LAYERS), spec)
 

@@ -28,14 +28,6 @@ from fedforge.llm import (  # noqa: E402
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _random_parts(ranks, out=6, inp=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     weights = torch.rand(len(ranks), generator=g, dtype=torch.float64)

@@ -57,14 +57,6 @@ CONFIG = LLMParticipantConfig(
 U32 = 2.0**-24  # unit roundoff of float32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def texts() -> dict[str, str]:
     plays = parse_plays()

@@ -31,15 +31,6 @@ SEQ = 48
 ROLES = [("Hamlet", "HAMLET"), ("Othello", "IAGO"), ("Henry V", "KING HENRY V")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and do not fight a busy CI box for cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def blocks():
     texts = parse_plays()

@@ -31,14 +31,6 @@ from fedforge.llm.client import local_train  # noqa: E402
 from fedforge.llm.text import IGNORE  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_speeches_in_order_rebuild_every_roles_text_exactly():
     speeches, texts = parse_speeches(), parse_plays()
     rebuilt: dict[tuple[str, str], list[str]] = {}
