@@ -250,25 +250,22 @@ ServerOptConfig = Annotated[
 ]
 
 
-class WeightedMeanAgg(_Strict):
+class _LinearAgg(_Strict):
+    batch: int = Field(
+        1, ge=1, description="updates held and folded per pass (more: faster, K updates of memory)"
+    )
+
+
+class WeightedMeanAgg(_LinearAgg):
     name: Literal["weighted_mean"] = "weighted_mean"
-    batch: int = Field(
-        1, ge=1, description="updates held and folded per pass (more: faster, K updates of memory)"
-    )
 
 
-class MeanAgg(_Strict):
+class MeanAgg(_LinearAgg):
     name: Literal["mean"] = "mean"
-    batch: int = Field(
-        1, ge=1, description="updates held and folded per pass (more: faster, K updates of memory)"
-    )
 
 
-class SumAgg(_Strict):
+class SumAgg(_LinearAgg):
     name: Literal["sum"] = "sum"
-    batch: int = Field(
-        1, ge=1, description="updates held and folded per pass (more: faster, K updates of memory)"
-    )
 
 
 class MedianAgg(_Strict):

@@ -77,23 +77,12 @@ class _FlatBuffer:
 
     def add_(self, update: Mapping[str, Tensor], alpha: float) -> None:
         """``self += alpha * update`` in place."""
-        for key, names in self.layout.items():
-            flat = self.flats[key]
-            src = _as_flat(update, names, flat)
-            if src is not None:
-                _axpy(flat, src, alpha)
-                continue
-            for name in names:
-                v, u = self.views[name], update[name]
-                if u.dtype == v.dtype:
-                    _axpy(v, u, alpha)
-                else:
-                    self._add_converted(key, v, u, alpha)
+        self.add_many_([update], [alpha])
 
     def add_many_(self, updates: list[Mapping[str, Tensor]], alphas: list[float]) -> None:
         """``self += sum(alpha_i * update_i)`` in place, the updates' adds to each element in
-        list order (bit-identical to successive ``add_``), walking the accumulator in
-        cache-sized blocks so that each block is read and written once for all updates."""
+        list order (bit-identical to successive single adds); with several updates the
+        accumulator is walked in cache-sized blocks, each read and written once for all."""
         for key, names in self.layout.items():
             flat = self.flats[key]
             srcs = [_as_flat(u, names, flat) for u in updates]
@@ -102,15 +91,15 @@ class _FlatBuffer:
                 continue
             for name in names:
                 v = self.views[name]
-                same = [u[name] for u in updates if u[name].dtype == v.dtype]
-                if len(same) == len(updates):
-                    _blocked_axpy(v.view(-1), [u.reshape(-1) for u in same], alphas)
+                us = [u[name] for u in updates]
+                if all(u.dtype == v.dtype and u.is_contiguous() for u in us):
+                    _blocked_axpy(v.view(-1), [u.view(-1) for u in us], alphas)
                     continue
-                for u, a in zip(updates, alphas, strict=True):  # mixed dtypes: rare, one by one
-                    if u[name].dtype == v.dtype:
-                        _axpy(v, u[name], a)
+                for u, a in zip(us, alphas, strict=True):  # strided or other dtype: one by one
+                    if u.dtype == v.dtype:
+                        _axpy(v, u, a)
                     else:
-                        self._add_converted(key, v, u[name], a)
+                        self._add_converted(key, v, u, a)
 
     def _add_converted(self, key: _Group, acc: Tensor, u: Tensor, alpha: float) -> None:
         """``acc += alpha * u`` for an update of another dtype, chunk by chunk through a
@@ -142,9 +131,10 @@ def _axpy(acc: Tensor, x: Tensor, alpha: float) -> None:
 
 
 def _blocked_axpy(acc: Tensor, xs: list[Tensor], alphas: list[float]) -> None:
-    """``acc += sum(alpha_i * x_i)`` for 1-D tensors, block by block of ``acc``."""
+    """``acc += sum(alpha_i * x_i)`` for 1-D tensors, block by block of ``acc`` (one whole
+    pass per x when there is only one, or ``acc`` fits one block)."""
     n = acc.numel()
-    if n <= _BLOCK:
+    if len(xs) == 1 or n <= _BLOCK:
         for x, a in zip(xs, alphas, strict=True):
             _axpy(acc, x, a)
         return
@@ -228,11 +218,9 @@ class _RunningSum:
         self.total_weight += w
 
     def _flush(self) -> None:
-        if len(self._pending) == 1:
-            self.buffer.add_(self._pending[0][0], alpha=self._pending[0][1])
-        elif self._pending:
+        if self._pending:
             self.buffer.add_many_([u for u, _ in self._pending], [w for _, w in self._pending])
-        self._pending.clear()
+            self._pending.clear()
 
     def result(self) -> Params:
         if self._result is not None:

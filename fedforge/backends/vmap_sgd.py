@@ -128,13 +128,8 @@ def _arena(ts: Sequence[Tensor]) -> _Arena | None:
             return None
         offsets.append(off // row)
     rows = storage.nbytes() // (row * first.element_size())
-    shape = (rows, *tail)
-    contiguous = [1] * len(shape)
-    for i in range(len(shape) - 2, -1, -1):
-        contiguous[i] = contiguous[i + 1] * shape[i + 1]
-    base = torch.empty(0, dtype=first.dtype, device=first.device).set_(
-        storage, 0, shape, tuple(contiguous)
-    )
+    whole = torch.empty(0, dtype=first.dtype, device=first.device).set_(storage)
+    base = whole[: rows * row].view(rows, *tail)  # contiguous rows over the whole storage
     return _Arena(base, torch.tensor(offsets, dtype=torch.int64, device=first.device))
 
 
@@ -153,10 +148,9 @@ def _gather(
         ax, ay = arenas
         x = torch.empty((a, b, *ax.base.shape[1:]), dtype=ax.base.dtype, device=ax.base.device)
         y = torch.empty((a, b, *ay.base.shape[1:]), dtype=ay.base.dtype, device=ay.base.device)
-        gx = (index + ax.offsets[:a, None]).reshape(-1)
-        torch.index_select(ax.base, 0, gx, out=x.view(a * b, *ax.base.shape[1:]))
-        gy = gx if torch.equal(ax.offsets, ay.offsets) else (index + ay.offsets[:a, None])
-        torch.index_select(ay.base, 0, gy.reshape(-1), out=y.view(a * b, *ay.base.shape[1:]))
+        for arena, out in ((ax, x), (ay, y)):
+            rows = (index + arena.offsets[:a, None]).reshape(-1)
+            torch.index_select(arena.base, 0, rows, out=out.view(a * b, *arena.base.shape[1:]))
         return x, y
     x = torch.empty((a, b, *xs[0].shape[1:]), dtype=xs[0].dtype, device=xs[0].device)
     y = torch.empty((a, b, *ys[0].shape[1:]), dtype=ys[0].dtype, device=ys[0].device)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from fedforge.client.types import EvalResult, FitResult, RoundInfo
 from fedforge.llm.adapters import adapter_params, load_adapter
-from fedforge.llm.text import IGNORE, mean_nll
+from fedforge.llm.text import mean_nll, predicted_tokens
 from fedforge.params import Params, sub
 
 __all__ = [
@@ -242,15 +242,8 @@ class LLMClient:
             raise ValueError("this participant has no held-out blocks to evaluate on")
         load_adapter(self.model, params)
         loss = mean_nll(self.model, self.held_out, self.eval_batch_size, self.held_out_labels)
-        n = _predicted(self.held_out, self.held_out_labels)
+        n = predicted_tokens(self.held_out, self.held_out_labels)
         return EvalResult(loss, n, {"perplexity": math.exp(loss)})
-
-
-def _predicted(blocks: Tensor, labels: Tensor | None) -> int:
-    """How many tokens ``blocks`` predict (every one after the first, or the labelled ones)."""
-    if labels is None:
-        return int(blocks.shape[0] * (blocks.shape[1] - 1))
-    return int((labels[:, 1:] != IGNORE).sum())
 
 
 def adapter_evaluator(
@@ -258,7 +251,7 @@ def adapter_evaluator(
 ) -> Callable[[Params], EvalResult]:
     """A server-side ``central_eval``: the global adapter's loss and perplexity on ``blocks``
     (on the labelled tokens only, with ``labels``)."""
-    n = _predicted(blocks, labels)
+    n = predicted_tokens(blocks, labels)
 
     def evaluate(params: Params) -> EvalResult:
         load_adapter(model, params)

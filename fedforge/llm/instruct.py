@@ -95,9 +95,11 @@ def _tensors(
         pad = seq_len - len(ids)
         rows.append(ids + [eos] * pad)
         labels.append([IGNORE] * n_prompt + ids[n_prompt:] + [IGNORE] * pad)
-    if not rows:
-        return torch.empty(0, seq_len, dtype=torch.long), torch.empty(0, seq_len, dtype=torch.long)
-    return torch.tensor(rows, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
+    shape = (len(rows), seq_len)  # (0, seq_len) when no example kept a reply token
+    return (
+        torch.tensor(rows, dtype=torch.long).reshape(shape),
+        torch.tensor(labels, dtype=torch.long).reshape(shape),
+    )
 
 
 def instruction_blocks(

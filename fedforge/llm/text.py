@@ -30,6 +30,7 @@ __all__ = [
     "pack",
     "participant_blocks",
     "perplexity",
+    "predicted_tokens",
     "split_text",
     "tokenize",
 ]
@@ -143,6 +144,14 @@ def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def predicted_tokens(blocks: Tensor, labels: Tensor | None = None) -> int:
+    """How many tokens ``blocks`` predict: every one after a block's first, or with
+    ``labels`` the labelled ones (not ``IGNORE``) after the first."""
+    if labels is None:
+        return int(blocks.shape[0] * (blocks.shape[1] - 1))
+    return int((labels[:, 1:] != IGNORE).sum())
+
+
 def mean_nll(
     model: nn.Module, blocks: Tensor, batch_size: int = 8, labels: Tensor | None = None
 ) -> float:
@@ -161,14 +170,10 @@ def mean_nll(
     with torch.no_grad():
         for start in range(0, blocks.shape[0], batch_size):
             x = blocks[start : start + batch_size].to(device)
-            if labels is None:
-                y = x
-                n = x.shape[0] * (x.shape[1] - 1)  # every block predicts seq_len - 1 tokens
-            else:
-                y = labels[start : start + batch_size].to(device)
-                n = int((y[:, 1:] != IGNORE).sum())
-                if n == 0:
-                    continue
+            y = x if labels is None else labels[start : start + batch_size].to(device)
+            n = predicted_tokens(x, None if labels is None else y)
+            if n == 0:
+                continue
             out = model(input_ids=x, labels=y)
             total += float(out.loss) * n
             count += n
