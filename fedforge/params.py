@@ -85,6 +85,35 @@ def tensor_is_finite(t: Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
+def contiguous_span(p: Mapping[str, Tensor], names: Sequence[str]) -> Tensor | None:
+    """``p[names]`` as ONE flat tensor, if they lie back to back in one storage in this
+    order (contiguous, one dtype and device): a view, no copy. None otherwise.
+
+    A whole update then costs one kernel per operation (a finiteness check, a fold into an
+    accumulator) instead of one per tensor; backends that compute many updates together
+    lay each participant's update out this way."""
+    if not names:
+        return None
+    first = p[names[0]]
+    storage = first.untyped_storage()
+    ptr = storage.data_ptr()
+    start = expect = first.storage_offset()
+    for name in names:
+        t = p[name]
+        if (
+            t.dtype != first.dtype
+            or t.device != first.device
+            or not t.is_contiguous()
+            or t.storage_offset() != expect
+            or t.untyped_storage().data_ptr() != ptr
+        ):
+            return None
+        expect += t.numel()
+    return torch.empty(0, dtype=first.dtype, device=first.device).set_(
+        storage, start, (expect - start,), (1,)
+    )
+
+
 def num_elements(p: Mapping[str, Tensor]) -> int:
     return sum(v.numel() for v in p.values())
 

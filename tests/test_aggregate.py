@@ -179,3 +179,67 @@ def test_batch_must_be_a_positive_integer():
         with pytest.raises(ValueError, match="batch must be an integer >= 1"):
             WeightedMean(batch=bad)
     assert Mean(batch=4).open(_u([0.0])).batch == 4
+
+
+def test_add_rows_by_hand():
+    rows = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    for agg, weights, want in [
+        (Sum(), [1, 1], [5.0, 7.0, 9.0]),
+        (Mean(), [10, 1], [2.5, 3.5, 4.5]),
+        (WeightedMean(), [1, 3], [3.25, 4.25, 5.25]),
+    ]:
+        acc = agg.open(_u([0.0, 0.0, 0.0]))
+        acc.add_rows(rows, weights)
+        assert acc.count == 2
+        assert acc.result()["x"].tolist() == want
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("big", [False, True])  # one block, or several (the blocked walk)
+def test_add_rows_is_bit_identical_to_adding_each_row(batch, big):
+    g = torch.Generator().manual_seed(0)
+    shapes = {"w1": (700, 400) if big else (37, 11), "b1": (37,), "scalar": (), "w2": (5, 37)}
+    template = {k: torch.zeros(s) for k, s in shapes.items()}
+    width = sum(t.numel() for t in template.values())
+    rows = torch.randn(7, width, generator=g) * torch.logspace(-3, 3, 7).unsqueeze(1)
+    weights = [3, 1, 4, 1, 5, 9, 2]
+    first = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+
+    def unflat(row):
+        out, at = {}, 0
+        for k, t in template.items():
+            out[k] = row[at : at + t.numel()].view(t.shape)
+            at += t.numel()
+        return out
+
+    one = WeightedMean(batch=batch).open(template)
+    many = WeightedMean(batch=batch).open(template)
+    for acc in (one, many):
+        acc.add(first, 2)  # a single update before the rows keeps its place in the order
+    for row, w in zip(rows, weights, strict=True):
+        one.add(unflat(row), w)
+    many.add_rows(rows[:3], weights[:3])
+    many.add_rows(rows[3:], weights[3:])
+    assert one.count == many.count == 8
+    a, b = one.result(), many.result()
+    assert all(torch.equal(a[k], b[k]) for k in template)
+
+
+def test_add_rows_refuses_what_does_not_fit():
+    acc = WeightedMean().open(_u([0.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match=r"\(updates, 3\)"):
+        acc.add_rows(torch.zeros(2, 4), [1, 1])
+    with pytest.raises(ValueError, match="float32"):
+        acc.add_rows(torch.zeros(2, 3, dtype=torch.float64), [1, 1])
+    with pytest.raises(ValueError, match="2 rows but 1 weights"):
+        acc.add_rows(torch.zeros(2, 3), [1])
+    with pytest.raises(ValueError, match=">= 0"):
+        acc.add_rows(torch.zeros(2, 3), [1, -1])
+    assert acc.count == 0
+    acc.add_rows(torch.ones(1, 3), [1])
+    acc.result()
+    with pytest.raises(ValueError, match="already produced"):
+        acc.add_rows(torch.ones(1, 3), [1])
+    mixed = Mean().open({"a": torch.zeros(2), "h": torch.zeros(2, dtype=torch.float16)})
+    with pytest.raises(ValueError, match="one dtype"):
+        mixed.add_rows(torch.zeros(1, 4), [1])

@@ -59,3 +59,19 @@ def test_tensor_is_finite_is_exact_even_when_the_fast_sum_overflows():
         for dtype in (f32, torch.float16, torch.float64, torch.bfloat16):
             assert not P.tensor_is_finite(torch.tensor(bad, dtype=dtype)), (bad, dtype)
     assert P.tensor_is_finite(torch.zeros(0))
+
+
+def test_contiguous_span_views_back_to_back_tensors_only():
+    flat = torch.arange(10.0)
+    p = {"w": flat[:6].view(2, 3), "b": flat[6:8], "s": flat[8]}
+    span = P.contiguous_span(p, ["w", "b", "s"])
+    assert span is not None and span.tolist() == list(range(9))
+    assert span.data_ptr() == flat.data_ptr()  # a view: no copy
+    span[0] = 42.0
+    assert p["w"][0, 0].item() == 42.0
+    assert P.contiguous_span(p, ["b", "w"]) is None  # not in this order
+    assert P.contiguous_span({"w": flat[:3], "b": flat[4:6]}, ["w", "b"]) is None  # a gap
+    assert P.contiguous_span({"w": flat[:3], "b": torch.zeros(2)}, ["w", "b"]) is None
+    assert P.contiguous_span({"w": flat[:6].view(2, 3).t()}, ["w"]) is None  # strided
+    assert P.contiguous_span({"w": flat[:2], "b": flat.double()[2:4]}, ["w", "b"]) is None
+    assert P.contiguous_span(p, []) is None

@@ -18,8 +18,15 @@ from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
 import fedforge as ff
-from fedforge.backends.vectorized import Vectorized, client_schedule
-from fedforge.backends.vmap_sgd import _arena, _gather
+from fedforge.backends import FitBatch, each_result
+from fedforge.backends.vectorized import (
+    Vectorized,
+    _cross_entropy_few_classes,
+    _few_classes,
+    _per_example_loss,
+    client_schedule,
+)
+from fedforge.backends.vmap_sgd import _arena, _gather, _Scratch
 from fedforge.client import EvalResult, FitResult, RoundInfo, Task
 from fedforge.data import split_by_partition, synthetic_linear
 from fedforge.models import cnn, logistic_regression, mlp
@@ -204,25 +211,33 @@ def test_regression_with_frozen_parameter() -> None:
     _assert_same(build)
 
 
-def test_fit_results_match_torch_client_field_by_field() -> None:
-    model, clients = _federation(lambda: mlp(6, (8,), 3), (6,), steps=5, batch_size=3)
+@pytest.mark.parametrize("schedule", [{"steps": 5}, {"epochs": 2}])  # equal / unequal steps
+def test_fit_results_match_torch_client_field_by_field(schedule: dict[str, int]) -> None:
+    model, clients = _federation(lambda: mlp(6, (8,), 3), (6,), batch_size=3, **schedule)
     params = ff.from_module(model)
     jobs = [
         (cid, RoundInfo(2, 1000 + i, {"central_accuracy": 0.5})) for i, cid in enumerate(clients)
     ]
     backend = Vectorized()
     backend.start(clients)
-    got = list(backend.fit(jobs, params))
+    outcomes = list(backend.fit(jobs, params))
+    # one window, one model: the whole round is one batch, each row one participant's
+    # update with its tensors back to back in the server's order
+    assert len(outcomes) == 1 and isinstance(outcomes[0], FitBatch)
+    rows = outcomes[0].rows(list(params))
+    assert rows is not None and rows.shape == (len(jobs), sum(p.numel() for p in params.values()))
+    got = list(each_result(outcomes))
     assert [cid for cid, _ in got] == [cid for cid, _ in jobs]
-    for (cid, info), (_, res) in zip(jobs, got, strict=True):
+    for i, ((cid, info), (_, res)) in enumerate(zip(jobs, got, strict=True)):
         want = clients[cid].fit(params, info)
         assert isinstance(res, FitResult)
         assert res.num_examples == want.num_examples
         assert list(res.update) == list(want.update)
         for k in want.update:
             torch.testing.assert_close(res.update[k], want.update[k], rtol=0, atol=1e-6)
+        assert torch.equal(rows[i], torch.cat([v.flatten() for v in res.update.values()]))
         assert res.metrics.keys() == want.metrics.keys()
-        assert res.metrics["local_steps"] == want.metrics["local_steps"] == 5.0
+        assert res.metrics["local_steps"] == want.metrics["local_steps"]
         assert res.metrics["train_loss"] == pytest.approx(want.metrics["train_loss"], rel=1e-6)
         assert clients[cid].last_feedback == {"central_accuracy": 0.5}
     backend.close()
@@ -433,3 +448,37 @@ def test_one_gather_from_a_shared_storage_equals_per_participant_gathers() -> No
     assert _arena([xs[0], xs[1].clone()]) is None
     assert _arena([xs[0], xs[1].reshape(-1)[3:9].view(1, 2, 3)]) is None  # half a row in
     assert _arena([xs[0][:, :, 1:]]) is None  # not contiguous
+
+
+@pytest.mark.parametrize("classes", [2, 10, 15])
+def test_cross_entropy_with_few_classes_matches_torch_with_its_gradient(classes: int) -> None:
+    g = torch.Generator().manual_seed(classes)
+    logits = (torch.randn(37, classes, generator=g) * 5).requires_grad_()
+    y = torch.randint(0, classes, (37,), generator=g)
+    assert _few_classes(logits, y)
+    got = _cross_entropy_few_classes(logits, y)
+    want = F.cross_entropy(logits, y, reduction="none")
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    weights = torch.rand(37, generator=g)
+    (g_got,) = torch.autograd.grad((got * weights).sum(), logits)
+    (g_want,) = torch.autograd.grad((want * weights).sum(), logits)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-7)
+    # class probabilities and wide outputs keep torch's own path, with the same values
+    soft = torch.softmax(torch.randn(37, classes, generator=g), dim=1)
+    assert not _few_classes(logits, soft)
+    assert not _few_classes(torch.zeros(4, 16), torch.zeros(4, dtype=torch.long))
+    per = _per_example_loss(F.cross_entropy)
+    torch.testing.assert_close(per(logits, soft), F.cross_entropy(logits, soft, reduction="none"))
+
+
+def test_scratch_reuses_its_memory_and_grows() -> None:
+    scratch = _Scratch()
+    like = torch.zeros(1)
+    a = scratch.take("x", (4, 5), like)
+    b = scratch.take("x", (2, 3), like)
+    assert a.data_ptr() == b.data_ptr() and b.shape == (2, 3) and b.is_contiguous()
+    assert scratch.take("y", (2, 3), like).data_ptr() != a.data_ptr()  # slots are apart
+    big = scratch.take("x", (50, 5), like)
+    assert big.shape == (50, 5)
+    assert scratch.take("x", (4, 5), like).data_ptr() == big.data_ptr()
+    assert scratch.take("x", (2,), torch.zeros(1, dtype=torch.long)).dtype == torch.long

@@ -1,6 +1,6 @@
 """Aggregators: how the server combines participants' updates."""
 
-from fedforge.aggregate.base import Accumulator, AggregationAborted, Aggregator
+from fedforge.aggregate.base import Accumulator, AggregationAborted, Aggregator, RowAccumulator
 from fedforge.aggregate.bulyan import Bulyan, bulyan
 from fedforge.aggregate.coordinatewise import (
     CoordinateMedian,
@@ -30,6 +30,7 @@ __all__ = [
     "NormClip",
     "Reputation",
     "RobustAggregator",
+    "RowAccumulator",
     "StackedAccumulator",
     "StackedRule",
     "Standing",

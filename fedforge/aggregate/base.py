@@ -10,7 +10,10 @@ that flag at configuration time.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor
 
 from fedforge.params import ClientId, Params
 
@@ -33,6 +36,16 @@ class Accumulator(Protocol):
     def report(self) -> dict[ClientId, float]:
         """Each participant's share of the last ``result`` (0 = excluded); {} if all equal
         to their weight share, as for linear aggregators, which keep no per-client state."""
+
+
+@runtime_checkable
+class RowAccumulator(Accumulator, Protocol):
+    """An accumulator that also folds many updates given as the rows of one matrix."""
+
+    def add_rows(self, rows: Tensor, weights: Sequence[float]) -> None:
+        """Fold ``rows[i]`` (one update: the template's tensors flattened back to back, in
+        its order) with weight ``weights[i]``, in row order: the same arithmetic as ``add``
+        of each row. Raises ``ValueError`` if the rows do not fit the template."""
 
 
 class Aggregator(Protocol):

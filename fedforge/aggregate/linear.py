@@ -38,13 +38,13 @@ accumulator, still independent of the number of participants.
 from __future__ import annotations
 
 import mmap
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from fedforge.params import ClientId, Params, check_same_structure
+from fedforge.params import ClientId, Params, check_same_structure, contiguous_span
 
 _Group = tuple[torch.dtype, torch.device]
 
@@ -74,6 +74,9 @@ class _FlatBuffer:
             self.layout[key].append(name)
             self.views[name] = self.flats[key][offset : offset + t.numel()].view(t.shape)
         self._scratch: dict[_Group, Tensor] = {}
+        # the whole accumulator as one flat tensor in the template's order, if it has one
+        # dtype and device (what ``add_rows`` folds into)
+        self.single = next(iter(self.flats.values())) if len(self.flats) == 1 else None
 
     def add_(self, update: Mapping[str, Tensor], alpha: float) -> None:
         """``self += alpha * update`` in place."""
@@ -162,29 +165,13 @@ def _zeros(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
 
 def _as_flat(update: Mapping[str, Tensor], names: list[str], like: Tensor) -> Tensor | None:
     """One flat view of ``update[names]`` if they lie back to back in one storage, in this
-    order, with ``like``'s dtype and device; otherwise None (the per-tensor path)."""
+    order, with ``like``'s dtype, device and size; otherwise None (the per-tensor path)."""
     if len(names) < 2:
         return None
-    first = update[names[0]]
-    storage = first.untyped_storage()
-    ptr = storage.data_ptr()
-    start = expect = first.storage_offset()
-    for name in names:
-        t = update[name]
-        if (
-            t.dtype != like.dtype
-            or t.device != like.device
-            or not t.is_contiguous()
-            or t.storage_offset() != expect
-            or t.untyped_storage().data_ptr() != ptr
-        ):
-            return None
-        expect += t.numel()
-    if expect - start != like.numel():
+    span = contiguous_span(update, names)
+    if span is None or span.dtype != like.dtype or span.device != like.device:
         return None
-    return torch.empty(0, dtype=like.dtype, device=like.device).set_(
-        storage, start, (like.numel(),), (1,)
-    )
+    return span if span.numel() == like.numel() else None
 
 
 @dataclass
@@ -198,12 +185,15 @@ class _RunningSum:
     _result: Params | None = None
     _pending: list[tuple[Params, float]] = field(default_factory=list)
 
-    def add(self, update: Params, weight: float, client: ClientId = "") -> None:
+    def _check_open(self) -> None:
         if self._result is not None:
             raise ValueError(
                 "this accumulator already produced its result (computed in place in its "
                 "buffer); open a new one for another aggregate"
             )
+
+    def add(self, update: Params, weight: float, client: ClientId = "") -> None:
+        self._check_open()
         if weight < 0:
             raise ValueError(f"aggregation weight must be >= 0, got {weight}")
         check_same_structure(self.buffer.views, update)
@@ -216,6 +206,39 @@ class _RunningSum:
                 self._flush()
         self.count += 1
         self.total_weight += w
+
+    def add_rows(self, rows: Tensor, weights: Sequence[float]) -> None:
+        """Fold ``rows[i]`` with weight ``weights[i]`` in row order, walking the accumulator
+        block by block for all rows (as ``batch`` does): each element receives the same adds
+        in the same order as from ``add`` of each row, so the result is bit-identical."""
+        self._check_open()
+        flat = self.buffer.single
+        if flat is None:
+            raise ValueError(
+                "add_rows needs an accumulator of one dtype and device; this template mixes "
+                f"{sorted(str(k) for k in self.buffer.flats)}"
+            )
+        if (
+            rows.dim() != 2
+            or rows.shape[1] != flat.numel()
+            or rows.dtype != flat.dtype
+            or rows.device != flat.device
+        ):
+            raise ValueError(
+                f"rows must be (updates, {flat.numel()}) {flat.dtype} on {flat.device}, got "
+                f"{tuple(rows.shape)} {rows.dtype} on {rows.device}"
+            )
+        if len(weights) != rows.shape[0]:
+            raise ValueError(f"{rows.shape[0]} rows but {len(weights)} weights")
+        if any(w < 0 for w in weights):
+            raise ValueError(f"aggregation weights must be >= 0, got {min(weights)}")
+        ws = [float(w) if self.weighted else 1.0 for w in weights]
+        self._flush()  # updates added before these rows are folded before them
+        if ws:
+            _blocked_axpy(flat, list(rows.unbind(0)), ws)
+        for w in ws:  # one at a time, as add() sums them
+            self.total_weight += w
+        self.count += len(ws)
 
     def _flush(self) -> None:
         if self._pending:

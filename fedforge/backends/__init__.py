@@ -6,10 +6,21 @@
 ``fedforge.backends.grpc_backend``, real participant processes over gRPC.
 """
 
-from fedforge.backends.base import Backend, ClientFailure, Job
+from fedforge.backends.base import Backend, ClientFailure, FitBatch, FitOutcome, Job, each_result
 from fedforge.backends.processes import Processes
 from fedforge.backends.ray_backend import RayBackend
 from fedforge.backends.sequential import Sequential
 from fedforge.backends.vectorized import Vectorized
 
-__all__ = ["Backend", "ClientFailure", "Job", "Processes", "RayBackend", "Sequential", "Vectorized"]
+__all__ = [
+    "Backend",
+    "ClientFailure",
+    "FitBatch",
+    "FitOutcome",
+    "Job",
+    "Processes",
+    "RayBackend",
+    "Sequential",
+    "Vectorized",
+    "each_result",
+]

@@ -133,27 +133,48 @@ def _arena(ts: Sequence[Tensor]) -> _Arena | None:
     return _Arena(base, torch.tensor(offsets, dtype=torch.int64, device=first.device))
 
 
+class _Scratch:
+    """Memory reused by every step's batch. A fresh multi-megabyte tensor per step is fresh
+    pages to fault in each time: measured here (1 thread), gathering 3,200 rows of 784
+    float32 took 1.56 ms into a new tensor and 0.86 ms into a reused one."""
+
+    def __init__(self) -> None:
+        self._flat: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
+
+    def take(self, slot: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """An uninitialized contiguous ``shape`` tensor of ``like``'s dtype and device, the
+        same memory as the previous ``take`` of ``slot`` (grown when too small)."""
+        n = 1
+        for d in shape:
+            n *= d
+        key = (slot, like.dtype, like.device)
+        flat = self._flat.get(key)
+        if flat is None or flat.numel() < n:
+            flat = self._flat[key] = torch.empty(n, dtype=like.dtype, device=like.device)
+        return flat[:n].view(shape)
+
+
 def _gather(
     xs: Sequence[Tensor],
     ys: Sequence[Tensor],
     index: Tensor,
     arenas: tuple[_Arena, _Arena] | None = None,
+    scratch: _Scratch | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Row ``r`` of the result is participant ``r``'s examples ``index[r]``: one copy straight
     from each participant's own tensors into the batch (no concatenated copy of the data).
     With ``arenas`` (the participants' x and y are row blocks of one storage each) the
-    whole batch is one ``index_select`` per tensor instead of one per participant."""
+    whole batch is one ``index_select`` per tensor instead of one per participant. With
+    ``scratch`` the batch lives in its reused memory (valid until the next gather)."""
     a, b = index.shape
+    scratch = scratch or _Scratch()
+    x = scratch.take("x", (a, b, *xs[0].shape[1:]), xs[0])
+    y = scratch.take("y", (a, b, *ys[0].shape[1:]), ys[0])
     if arenas is not None:
-        ax, ay = arenas
-        x = torch.empty((a, b, *ax.base.shape[1:]), dtype=ax.base.dtype, device=ax.base.device)
-        y = torch.empty((a, b, *ay.base.shape[1:]), dtype=ay.base.dtype, device=ay.base.device)
-        for arena, out in ((ax, x), (ay, y)):
+        for arena, out in zip(arenas, (x, y), strict=True):
             rows = (index + arena.offsets[:a, None]).reshape(-1)
             torch.index_select(arena.base, 0, rows, out=out.view(a * b, *arena.base.shape[1:]))
         return x, y
-    x = torch.empty((a, b, *xs[0].shape[1:]), dtype=xs[0].dtype, device=xs[0].device)
-    y = torch.empty((a, b, *ys[0].shape[1:]), dtype=ys[0].dtype, device=ys[0].device)
     for r, (xr, yr, ir) in enumerate(zip(xs, ys, index.unbind(0), strict=True)):
         torch.index_select(xr, 0, ir, out=x[r])
         torch.index_select(yr, 0, ir, out=y[r])

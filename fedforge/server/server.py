@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,16 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fedforge.aggregate import (
+    Accumulator,
     AggregationAborted,
     Aggregator,
     NormBound,
+    RowAccumulator,
     WeightedMean,
     check_participants,
     min_participants,
 )
-from fedforge.backends import Backend, ClientFailure, Sequential
+from fedforge.backends import Backend, ClientFailure, FitBatch, Sequential
 from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
 from fedforge.optim import FedAvg, ServerOptimizerSpec
 from fedforge.params import ClientId, Params, clone, l2_norm, num_bytes
@@ -40,7 +42,7 @@ from fedforge.server.history import History, Record
 from fedforge.server.plugins import Plugin
 from fedforge.server.rundir import RunDir
 from fedforge.server.sampler import Sampler
-from fedforge.server.validate import check_update
+from fedforge.server.validate import check_rows, check_update
 from fedforge.transforms import Broadcast, Context, PayloadError, Pipeline
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,17 @@ log = logging.getLogger(__name__)
 _BROADCAST = "\x1ebroadcast\x1f"  # prefix of the downlink's state among the client state
 
 CentralEval = Callable[[Params], EvalResult]
+
+
+@dataclass
+class _Tally:
+    """What one round's results add up to, as they arrive."""
+
+    failed: dict[str, str] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    loss_sum: float = 0.0
+    loss_weight: int = 0
+    bytes_up: int = 0
 
 
 @dataclass(frozen=True)
@@ -197,15 +210,58 @@ class Server:
                 return f"{p.name}: {reason}"
         return None
 
+    def _take(self, r: int, cid: ClientId, res: FitResult, acc: Accumulator, t: _Tally) -> None:
+        """One participant's result: through the pipeline, validated, folded (or left out)."""
+        update, size, why = self._receive(r, cid, res)
+        if why is None and self.update_bound is not None:
+            why = self.update_bound.check(update)
+        t.bytes_up += size
+        if why is not None:
+            log.warning("round %d: update from %s left out: %s", r, cid, why)
+            t.rejected[cid] = why
+            return
+        acc.add(update, res.num_examples, cid)
+        if "train_loss" in res.metrics:
+            t.loss_sum += float(res.metrics["train_loss"]) * res.num_examples
+            t.loss_weight += res.num_examples
+
+    def _take_batch(self, r: int, batch: FitBatch, acc: Accumulator, t: _Tally) -> None:
+        """A backend's batch of results: validated and folded row by row in one go when
+        nothing needs the updates one at a time (no transform, no norm bound, a linear
+        accumulator over one flat buffer); otherwise each row as its own result. Either way
+        the same rows are left out and the same arithmetic folds the rest."""
+        rows = None
+        bulk = not self.pipeline.transforms and self.update_bound is None
+        if bulk and isinstance(acc, RowAccumulator):
+            rows = batch.rows(list(self.params))
+        if rows is None or not isinstance(acc, RowAccumulator):
+            for cid, res in batch.results():
+                self._take(r, cid, res, acc, t)
+            return
+        verdicts = check_rows(batch, rows, self.params)
+        t.bytes_up += len(batch) * num_bytes(self.params)
+        keep = [i for i, why in enumerate(verdicts) if why is None]
+        for cid, why in zip(batch.ids, verdicts, strict=True):
+            if why is not None:
+                log.warning("round %d: update from %s left out: %s", r, cid, why)
+                t.rejected[cid] = why
+        if not keep:
+            return
+        if len(keep) < len(batch):
+            rows = rows[keep]
+        acc.add_rows(rows, [batch.num_examples[i] for i in keep])
+        losses = batch.metrics.get("train_loss")
+        if losses is not None:
+            for i in keep:
+                t.loss_sum += float(losses[i]) * batch.num_examples[i]
+                t.loss_weight += batch.num_examples[i]
+
     def fit_round(self, clients: Mapping[ClientId, Client], backend: Backend) -> Record:
         r = self.round + 1
         t0 = time.perf_counter()
         sampled = self.sampler.sample(r, list(clients))
         jobs = [(cid, self._info("fit", r, cid)) for cid in sampled]
         acc = self.aggregator.open(self.params)
-        failed: dict[str, str] = {}
-        rejected: dict[str, str] = {}
-        loss_sum, loss_weight = 0.0, 0
         if self.broadcast is not None:
             # Participants hold the broadcast reference (lossy downlink); their updates are
             # relative to it and the server still steps its own params (DoubleSqueeze-style).
@@ -213,36 +269,29 @@ class Server:
             bytes_down = sum(self.broadcast.send(cid).nbytes for cid in sampled)
         else:
             sent, bytes_down = self.params, num_bytes(self.params) * len(sampled)
-        bytes_up = 0
-        for cid, res in backend.fit(jobs, sent):
+        tally = _Tally()
+        for item in backend.fit(jobs, sent):
+            if isinstance(item, FitBatch):
+                self._take_batch(r, item, acc, tally)
+                continue
+            cid, res = item
             if isinstance(res, ClientFailure):
-                failed[cid] = res.reason
+                tally.failed[cid] = res.reason
                 continue
-            update, size, why = self._receive(r, cid, res)
-            if why is None and self.update_bound is not None:
-                why = self.update_bound.check(update)
-            bytes_up += size
-            if why is not None:
-                log.warning("round %d: update from %s left out: %s", r, cid, why)
-                rejected[cid] = why
-                continue
-            acc.add(update, res.num_examples, cid)
-            if "train_loss" in res.metrics:
-                loss_sum += float(res.metrics["train_loss"]) * res.num_examples
-                loss_weight += res.num_examples
+            self._take(r, cid, res, acc, tally)
         record: Record = {
             "round": r,
             "sampled": len(sampled),
             "aggregated": acc.count,
             "bytes_down": bytes_down,
-            "bytes_up": bytes_up,
+            "bytes_up": tally.bytes_up,
         }
-        if failed:
-            record["failed"] = failed
-        if rejected:
-            record["rejected"] = rejected
-        if loss_weight:
-            record["train_loss"] = loss_sum / loss_weight
+        if tally.failed:
+            record["failed"] = tally.failed
+        if tally.rejected:
+            record["rejected"] = tally.rejected
+        if tally.loss_weight:
+            record["train_loss"] = tally.loss_sum / tally.loss_weight
         need = max(self.sampler.min_clients, min_participants(self.aggregator))
         try:
             if acc.count < need:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
+from fedforge.backends.base import FitBatch
 from fedforge.client.types import FitResult
-from fedforge.params import Params, Spec, tensor_is_finite
+from fedforge.params import Params, Spec, contiguous_span, tensor_is_finite
 
 
 def check_update(result: FitResult, template: Params) -> str | None:
@@ -30,11 +32,35 @@ def check_update(result: FitResult, template: Params) -> str | None:
                 "participant the global LoraSpec"
             )
         return f"wrong structure: {why}"
+    span = contiguous_span(update, list(template))
+    if span is not None and (not span.is_floating_point() or tensor_is_finite(span)):
+        return None  # the whole update in one check (laid out back to back)
     for name in template:  # the template's order: the first bad tensor named is stable
         t = update[name]
         if t.is_floating_point() and not tensor_is_finite(t):
             return f"tensor {name!r} contains NaN or Inf"
     return None
+
+
+def check_rows(batch: FitBatch, rows: Tensor, template: Params) -> list[str | None]:
+    """``check_update``'s verdict on every participant of ``batch``, whose updates are the
+    rows of ``rows`` (``batch.rows(template)``): the structure once, finiteness with one
+    reduction over all rows; a row whose sum is not finite, or whose example count is bad,
+    gets ``check_update``'s own verdict (same rules, same message)."""
+    n = len(batch)
+    updates = batch.updates
+    if updates.keys() != template.keys() or not all(
+        updates[k].shape[1:] == t.shape and updates[k].dtype == t.dtype for k, t in template.items()
+    ):
+        return [check_update(batch.result(i), template) for i in range(n)]
+    suspects = {i for i, c in enumerate(batch.num_examples) if not isinstance(c, int) or c <= 0}
+    if rows.is_floating_point():
+        sums = rows.sum(dim=1)
+        suspects.update(torch.logical_not(torch.isfinite(sums)).nonzero().flatten().tolist())
+    verdicts: list[str | None] = [None] * n
+    for i in suspects:
+        verdicts[i] = check_update(batch.result(i), template)
+    return verdicts
 
 
 def _alike(u: torch.Tensor, t: torch.Tensor) -> bool:
