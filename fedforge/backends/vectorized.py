@@ -522,6 +522,10 @@ class Vectorized:
         frozen = {k: base[k] for k in group.frozen}
         anchors = {k: base[k] for k in group.trainable}
         stack = anchors  # step 0: every participant starts from the one global copy
+        # the first step writes the stack into its final layout: each participant's
+        # parameters one row of a (participants, model size) buffer, so its update is made
+        # in place and handed to the server as that row (no copy, no second buffer)
+        rows = _row_buffer(base, c)
         momentum: dict[str, Tensor] = {}
         loss_sum = torch.zeros(c, dtype=torch.float64, device=group.device)
         step = _make_step(group, hyper.prox_mu)
@@ -540,7 +544,8 @@ class Vectorized:
                 live = stack if first else {k: v[:a] for k, v in stack.items()}
                 grads, losses = step(live, frozen, anchors, x, y, weights[:a, t, :b], shared=first)
                 loss_sum[:a] += losses.double()
-                updated = _sgd_step(live, grads, momentum, hyper, first=first, active=a)
+                out = rows[1] if first and rows is not None else None
+                updated = _sgd_step(live, grads, momentum, hyper, first=first, active=a, out=out)
                 if first:
                     stack = updated
 
@@ -548,7 +553,7 @@ class Vectorized:
         rank = np.empty(c, dtype=np.int64)
         rank[order] = np.arange(c)
         in_order = bool((order == np.arange(c)).all())
-        deltas = _deltas(stack, base, params, c, None if in_order else torch.from_numpy(rank))
+        deltas = _deltas(stack, base, c, None if in_order else torch.from_numpy(rank), rows)
         loss_per_step = (loss_sum[torch.from_numpy(rank)] / torch.from_numpy(steps)).tolist()
         for plan, (_, info) in zip(plans, (jobs[o] for o in order), strict=True):
             plan.client.last_feedback = dict(info.feedback)
@@ -601,33 +606,57 @@ class Vectorized:
         self._groups = {}
 
 
-def _deltas(stack: Params, base: Params, params: Params, c: int, rows: Tensor | None) -> Params:
-    """The ``c`` participants' updates (trained parameters minus ``params``), stacked, row
-    ``i`` from the stack's row ``rows[i]`` (None: the stack's own order).
+def _row_buffer(base: Params, c: int) -> tuple[Tensor, Params] | None:
+    """A ``(c, model size)`` buffer and each tensor's ``(c, *shape)`` view of it, the
+    tensors back to back in ``base``'s (the server's) order; None if they mix dtypes."""
+    if len({t.dtype for t in base.values()}) != 1:
+        return None
+    first = next(iter(base.values()))
+    flat = torch.empty(
+        (c, sum(t.numel() for t in base.values())), dtype=first.dtype, device=first.device
+    )
+    return flat, _views(flat, base)
 
-    When every tensor has one dtype, participant ``i``'s whole update is ONE contiguous row
-    of a ``(participants, model size)`` buffer, its tensors back to back in ``params``'
-    order (the server's): the server then checks and folds all rows in one go
-    (``FitBatch.rows``) instead of tensor by tensor and participant by participant."""
-    trained = {
-        k: (stack[k] if rows is None else stack[k].index_select(0, rows))
-        if k in stack
-        else base[k].expand(c, *p.shape)  # a frozen tensor: its update is 0
-        for k, p in params.items()
-    }
-    if len({t.dtype for t in params.values()} | {t.dtype for t in trained.values()}) != 1:
-        return {k: trained[k] - p for k, p in params.items()}
-    total = sum(t.numel() for t in params.values())
-    first = next(iter(params.values()))
-    flat = torch.empty((c, total), dtype=first.dtype, device=first.device)
+
+def _views(flat: Tensor, like: Params) -> Params:
     out: Params = {}
     offset = 0
-    for k, p in params.items():
-        n = p.numel()
-        out[k] = flat[:, offset : offset + n].view(c, *p.shape)
-        torch.sub(trained[k], p, out=out[k])
-        offset += n
+    for k, t in like.items():
+        out[k] = flat[:, offset : offset + t.numel()].view(flat.shape[0], *t.shape)
+        offset += t.numel()
     return out
+
+
+def _deltas(
+    stack: Params,
+    base: Params,
+    c: int,
+    order: Tensor | None,
+    rows: tuple[Tensor, Params] | None,
+) -> Params:
+    """The ``c`` participants' updates (trained minus global parameters), stacked, row ``i``
+    from the stack's row ``order[i]`` (None: the stack's own order).
+
+    With ``rows`` (the stack was trained in that buffer) participant ``i``'s whole update
+    is made in place as ONE contiguous row, its tensors back to back in the server's order:
+    the server checks and folds all rows in one go (``FitBatch.rows``) instead of tensor by
+    tensor and participant by participant."""
+    if rows is None:
+        return {
+            k: (stack[k] if order is None else stack[k].index_select(0, order)) - p
+            if k in stack
+            else torch.zeros(c, *p.shape, dtype=p.dtype, device=p.device)
+            for k, p in base.items()
+        }
+    flat, views = rows
+    for k, p in base.items():
+        if k in stack:
+            views[k].sub_(p)  # the stack's own memory
+        else:
+            views[k].zero_()  # a frozen tensor: its update is 0
+    if order is None:
+        return views
+    return _views(flat.index_select(0, order), base)
 
 
 def _fn_name(fn: Callable[..., Any]) -> str:

@@ -189,14 +189,16 @@ def _sgd_step(
     *,
     first: bool,
     active: int,
+    out: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """``torch.optim.SGD.step`` for the first ``active`` participants of the stack (the same
     operations in the same order as torch's single-tensor implementation).
 
     On the first step ``params`` is the one global copy shared by all participants and
-    the updated parameters come back as new stacked tensors; afterwards ``params`` are
-    views of the stack's active rows, updated in place (and returned)."""
-    out: dict[str, Tensor] = {}
+    the updated parameters come back as new stacked tensors (written into ``out``'s
+    tensors if given); afterwards ``params`` are views of the stack's active rows, updated
+    in place (and returned)."""
+    new: dict[str, Tensor] = {}
     for k, p in params.items():
         g = grads[k]
         if h.maximize:
@@ -211,5 +213,10 @@ def _sgd_step(
                 buf = momentum[k][:active]
                 buf.mul_(h.momentum).add_(g, alpha=1 - h.dampening)
             g = g.add(buf, alpha=h.momentum) if h.nesterov else buf
-        out[k] = torch.add(p, g, alpha=-h.lr) if first else p.add_(g, alpha=-h.lr)
-    return out
+        if not first:
+            new[k] = p.add_(g, alpha=-h.lr)
+        elif out is not None:
+            new[k] = torch.add(p, g, alpha=-h.lr, out=out[k])
+        else:
+            new[k] = torch.add(p, g, alpha=-h.lr)
+    return new
