@@ -230,16 +230,16 @@ class Server:
         nothing needs the updates one at a time (no transform, no norm bound, a linear
         accumulator over one flat buffer); otherwise each row as its own result. Either way
         the same rows are left out and the same arithmetic folds the rest."""
+        fold = acc if isinstance(acc, RowAccumulator) else None
         rows = None
-        bulk = not self.pipeline.transforms and self.update_bound is None
-        if bulk and isinstance(acc, RowAccumulator):
+        if fold is not None and not self.pipeline.transforms and self.update_bound is None:
             rows = batch.rows(list(self.params))
-        if rows is None or not isinstance(acc, RowAccumulator):
+        if fold is None or rows is None:
             for cid, res in batch.results():
                 self._take(r, cid, res, acc, t)
             return
         verdicts = check_rows(batch, rows, self.params)
-        t.bytes_up += len(batch) * num_bytes(self.params)
+        t.bytes_up += num_bytes(batch.updates)  # every row's update, as _take counts them
         keep = [i for i, why in enumerate(verdicts) if why is None]
         for cid, why in zip(batch.ids, verdicts, strict=True):
             if why is not None:
@@ -249,7 +249,7 @@ class Server:
             return
         if len(keep) < len(batch):
             rows = rows[keep]
-        acc.add_rows(rows, [batch.num_examples[i] for i in keep])
+        fold.add_rows(rows, [batch.num_examples[i] for i in keep])
         losses = batch.metrics.get("train_loss")
         if losses is not None:
             for i in keep:
