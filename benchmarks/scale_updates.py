@@ -27,8 +27,11 @@ Measured, per framework and N, each in its own process (so peak memory is its ow
 
 Backends: ``Sequential`` (one torch thread), ``Processes`` (one worker per core, one
 thread each), ``Vectorized`` (one process, ``--vectorized-threads`` torch threads, 1 by
-default: on a machine shared with other jobs OpenMP threads spin against them); Flower
-with one CPU per ClientApp actor (one actor per core). Where a Flower run would not fit
+default: on a machine shared with other jobs OpenMP threads spin against them),
+``vectorized_all_cores`` (one thread per core); Flower with one CPU per ClientApp actor
+(one actor per core). ``bare_kernels`` is no framework: the same rounds written as the
+bare tensor arithmetic on every core (``kernels_worker``), a floor under any framework's
+time on this workload and machine. Where a Flower run would not fit
 in ``--budget-s`` (at 10,000: ``--flower-per-round``; otherwise estimated from its rate
 at the previous N) its rounds take fewer participants; the table says so, and such a
 run's accuracy is not comparable. fedforge's backends always run the full workload.
@@ -63,7 +66,7 @@ RESULTS = Path(__file__).parent / "results" / "scale_updates.md"
 FLOWER_SCRIPT = Path(__file__).parent / "peers" / "flower_updates.py"
 FLOWER_PYTHON = ROOT / ".peers" / "flower" / "bin" / "python"
 FEDFORGE_BACKENDS = ("sequential", "processes", "vectorized", "vectorized_all_cores")
-ALL = (*FEDFORGE_BACKENDS, "flower")
+ALL = (*FEDFORGE_BACKENDS, "flower", "bare_kernels")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -164,6 +167,92 @@ def fedforge_worker(args: argparse.Namespace) -> dict[str, Any]:
         "updates_per_s": updates / sum(fit_s),
         "accuracy": float(rounds[-1]["central_accuracy"]),
         "accuracy_by_round": [float(r["central_accuracy"]) for r in rounds],
+        "total_s": time.perf_counter() - t_start,
+    }
+
+
+# --- the arithmetic alone: a floor under any framework (``--worker bare_kernels``) -----------
+
+
+def kernels_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """The same rounds as the fedforge run, with nothing but the tensor arithmetic that no
+    framework can skip: per local step, gather every participant's batch (one
+    ``index_select``), the batched forward (``baddbmm``), the cross-entropy gradient in
+    closed form, the batched weight gradient (``bmm``) and the SGD update; per round, the
+    mean of the updates. No autograd, no per-participant Python, no validation; the batch
+    order (TorchClient's shuffles) is drawn before the clock starts. Every torch thread of
+    the machine. Its updates/s bounds what any framework can reach on this workload here.
+
+    Participants must hold equally many examples (an IID split of N dividing 60,000), so
+    every step has one batch width for all of them."""
+    from types import SimpleNamespace
+
+    from fedforge.backends.schedule import schedule
+    from fedforge.seeding import derive_seed
+
+    t_start = time.perf_counter()
+    torch.set_num_threads(args.cpus)
+    d = Path(args.data)
+    x = torch.from_numpy(np.load(d / "x_train.npy"))
+    y = torch.from_numpy(np.load(d / "y_train.npy"))
+    x_test = torch.from_numpy(np.load(d / "x_test.npy"))
+    y_test = torch.from_numpy(np.load(d / "y_test.npy"))
+    index, offset = np.load(d / "parts_index.npy"), np.load(d / "parts_offset.npy")
+    sizes = np.diff(offset)
+    if len(set(sizes.tolist())) != 1:
+        raise SystemExit("bare_kernels needs participants of equal size (an IID split)")
+    c, n = len(sizes), int(sizes[0])
+    x, y = x[torch.from_numpy(index)], y[torch.from_numpy(index)]  # participant i: rows i*n...
+    w = torch.from_numpy(np.load(d / "weight.npy")).clone()  # (classes, features)
+    b = torch.from_numpy(np.load(d / "bias.npy")).clone()
+    ids = [f"client{i:04d}" for i in range(c)]  # split_by_partition's ids, in job order
+    plan = [SimpleNamespace(batch_size=args.batch_size, epochs=args.epochs, steps=None)] * c
+    starts = (torch.arange(c) * n).unsqueeze(1)  # (participants, 1)
+    chunk = 32  # participants per group: their batch stays in L2 (16-32 ran fastest here)
+    round_s: list[float] = []
+    for r in range(1, args.rounds + 1):
+        sched = schedule(plan, [n] * c, [derive_seed(args.seed, "fit", r, cid) for cid in ids])
+        counts = sched.counts[0].tolist()  # one width per step: equal sizes
+        rows = [(sched.index[:, t, :k] + starts).reshape(-1) for t, k in enumerate(counts)]
+        t0 = time.perf_counter()
+        w_sum, b_sum = torch.zeros_like(w), torch.zeros_like(b)
+        for lo in range(0, c, chunk):  # participants in cache-sized groups
+            g = min(chunk, c - lo)
+            wc, bc = w, b.view(-1, 1)  # step 0: every participant holds the global model
+            for t, k in enumerate(counts):
+                part = rows[t].view(c, k)[lo : lo + g].reshape(-1)
+                xb = x.index_select(0, part).view(g, k, -1)  # (participants, batch, features)
+                yb = y.index_select(0, part).view(g, 1, k)
+                if t == 0:  # one shared weight: a single matmul for the whole group
+                    flat = torch.addmm(bc, wc, xb.view(g * k, -1).t())  # (classes, g * batch)
+                    logits = flat.view(-1, g, k).transpose(0, 1)  # (participants, classes, batch)
+                else:
+                    logits = torch.baddbmm(bc, wc, xb.transpose(1, 2))
+                grad = torch.softmax(logits, dim=1)  # d(mean cross-entropy)/d(logits), times k
+                grad.scatter_add_(1, yb, torch.full(yb.shape, -1.0))
+                grad.mul_(1.0 / k)
+                gw, gb = torch.bmm(grad, xb), grad.sum(dim=2, keepdim=True)
+                if t == 0:  # SGD's update, as TorchClient's optimizer computes it
+                    wc, bc = torch.add(wc, gw, alpha=-args.lr), torch.add(bc, gb, alpha=-args.lr)
+                else:
+                    wc.add_(gw, alpha=-args.lr)
+                    bc.add_(gb, alpha=-args.lr)
+            w_sum += (wc - w).sum(dim=0)
+            b_sum += (bc.squeeze(2) - b).sum(dim=0)
+        w = w + w_sum / c  # FedAvg: equal example counts, so the plain mean
+        b = b + b_sum / c
+        round_s.append(time.perf_counter() - t0)
+    accuracy = float(((x_test @ w.t() + b).argmax(1) == y_test).double().mean())
+    return {
+        "framework": "bare_kernels",
+        "clients": c,
+        "per_round": c,
+        "rounds": args.rounds,
+        "updates": c * args.rounds,
+        "train_s": sum(round_s),
+        "round_s": round_s,
+        "updates_per_s": c * args.rounds / sum(round_s),
+        "accuracy": accuracy,
         "total_s": time.perf_counter() - t_start,
     }
 
@@ -433,7 +522,12 @@ def write_table(rows: list[dict[str, Any]], info: dict[str, str], args: argparse
         f"`vectorized` one process with {args.vectorized_threads} torch thread(s), "
         f"`vectorized_all_cores` the same with one torch thread per core ({args.cpus}, as "
         "many as Flower's actors); Flower one "
-        "CPU per ClientApp actor. Where a run would not fit the time budget its rounds took "
+        "CPU per ClientApp actor; `bare_kernels` no framework at all: the same rounds as the "
+        "bare tensor arithmetic on every core (per step one gather of all participants' "
+        "batches, a batched matmul forward, the closed-form cross-entropy gradient, a "
+        "batched matmul backward, the SGD update; per round the mean of the updates; the "
+        "batch order drawn before the clock starts), a floor under any framework here. "
+        "Where a run would not fit the time budget its rounds took "
         "fewer participants (said in the rounds column): its updates/s still count whole "
         "participant updates of the same size, its accuracy is not comparable.",
     ]
@@ -468,6 +562,28 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
     for n, x in ratios:  # the faster vectorized variant at each N
         best[n] = max(best.get(n, 0.0), x)
     ratios = sorted(best.items())
+    bare = {r["clients"]: r for r in ok if r["framework"] == "bare_kernels"}
+    vec = {r["clients"]: r for r in ok if r["framework"] == "vectorized_all_cores"}
+    for n, floor in sorted(bare.items()):
+        ref = flower.get(n)
+        if ref is None:
+            continue
+        ceiling = floor["updates_per_s"] / ref["updates_per_s"]
+        line = (
+            f"- The arithmetic alone (`bare_kernels`, no framework) at {n:,}: "
+            f"{floor['updates_per_s']:,.0f} updates/s = {ceiling:.1f}× Flower"
+        )
+        if n in vec:
+            line += (
+                f"; fedforge's `vectorized_all_cores` runs at "
+                f"{vec[n]['updates_per_s'] / floor['updates_per_s']:.0%} of it"
+            )
+        if ceiling < 50:
+            line += (
+                ". 50× Flower is beyond the arithmetic itself on this machine: no framework "
+                "can reach it on this workload here"
+            )
+        out.append(line + ".")
     if ratios:
         met = [n for n, x in ratios if x >= 50]
         out.append(
@@ -516,7 +632,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=int, nargs="+", default=[100, 1000, 10000])
     p.add_argument("--frameworks", nargs="+", choices=ALL, default=list(ALL))
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="rounds per run; updates/s counts rounds 2 onwards (on 2 cores single rounds "
+        "vary by up to 2x, so more rounds steady the figure)",
+    )
     p.add_argument("--per-round", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--vectorized-threads",
@@ -543,7 +665,7 @@ def main() -> None:
         "~5 min per round on 2 cores)",
     )
     p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--worker", choices=FEDFORGE_BACKENDS, help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=(*FEDFORGE_BACKENDS, "bare_kernels"), help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     p.add_argument(
         "--merge",
@@ -557,7 +679,8 @@ def main() -> None:
     )
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(fedforge_worker(args)), flush=True)
+        work = kernels_worker if args.worker == "bare_kernels" else fedforge_worker
+        print(json.dumps(work(args)), flush=True)
         return
     if args.rerender:
         text = args.out.read_text()
