@@ -383,6 +383,39 @@ class BackendConfig(_Strict):
         return self
 
 
+class AdaptiveClipConfig(_Strict):
+    """Adaptive clipping (Andrew et al. 2021): the bound follows the ``target_quantile`` of
+    update norms, learned at ``learning_rate`` from a noised count (``count_noise``; None:
+    expected participants / 20)."""
+
+    initial: float = Field(0.1, gt=0, allow_inf_nan=False)
+    target_quantile: float = Field(0.5, gt=0, lt=1)
+    learning_rate: float = Field(0.2, gt=0, allow_inf_nan=False)
+    count_noise: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+
+class PrivacyConfig(_Strict):
+    """Central DP-FedAvg (McMahan et al. 2018) with its accountant: each update clipped to
+    L2 norm ``clip`` (or ``adaptive_clip``), Gaussian noise of ``noise_multiplier`` x clip
+    on the sum, divided by the participants per round; epsilon at ``delta`` is recorded
+    after every round (RDP over fixed-size sampling, what the server's sampler does), and
+    with ``budget`` the run stops before the round that would spend more epsilon."""
+
+    noise_multiplier: float = Field(ge=0, allow_inf_nan=False)
+    clip: float | None = Field(None, gt=0, allow_inf_nan=False)
+    adaptive_clip: AdaptiveClipConfig | None = None
+    delta: float = Field(1e-5, gt=0, lt=1)
+    budget: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one_clip(self) -> PrivacyConfig:
+        if (self.clip is None) == (self.adaptive_clip is None):
+            raise ValueError(
+                "set exactly one of privacy.clip (a fixed bound) or [privacy.adaptive_clip]"
+            )
+        return self
+
+
 class RunConfig(_Strict):
     dir: str = "runs"
     checkpoint_every: int = Field(1, ge=1)
@@ -399,6 +432,7 @@ class ExperimentConfig(_Strict):
     backend: BackendConfig = BackendConfig()
     run: RunConfig = RunConfig()
     compression: CompressionConfig = CompressionConfig()
+    privacy: PrivacyConfig | None = None  # None: no differential privacy
 
 
 # --- loading ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import singledispatch
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -51,6 +51,9 @@ from fedforge.transforms import (
     Transform,
     Zstd,
 )
+
+if TYPE_CHECKING:
+    from fedforge.privacy import DPFedAvg, PrivacyAccountant
 
 # --- data ---------------------------------------------------------------------------------
 
@@ -276,6 +279,38 @@ class Simulation:
     backend: Backend
 
 
+def differential_privacy(
+    p: C.PrivacyConfig, s: C.ServerConfig, population: int, sampler: Sampler
+) -> tuple[DPFedAvg, PrivacyAccountant]:
+    """The ``[privacy]`` section: DP-FedAvg as the server's aggregator (a clipped, noised
+    sum over the participants of a round) and the accountant that reports epsilon."""
+    try:
+        from fedforge.privacy import AdaptiveClip, DPFedAvg, FixedSizeSampling, PrivacyAccountant
+    except ImportError as exc:
+        raise C.ConfigError(
+            f"[privacy] needs the privacy extra (dp-accounting): pip install 'fedforge[privacy]' "
+            f"({exc})"
+        ) from None
+    if s.aggregator != C.WeightedMeanAgg():
+        raise C.ConfigError(
+            f"server.aggregator: {s.aggregator.name!r} cannot be combined with [privacy]: "
+            "DP-FedAvg aggregates with its own clipped sum over the round's participants; "
+            "leave server.aggregator unset"
+        )
+    clip: float | AdaptiveClip
+    if p.adaptive_clip is not None:
+        clip = AdaptiveClip(**p.adaptive_clip.model_dump())
+    else:
+        assert p.clip is not None  # the config allows exactly one of the two
+        clip = p.clip
+    sampling = FixedSizeSampling(population, sampler.count(population))
+    try:
+        dp = DPFedAvg(noise_multiplier=p.noise_multiplier, clip=clip, sampling=sampling)
+        return dp, PrivacyAccountant(dp, delta=p.delta, budget=p.budget)
+    except ValueError as exc:
+        raise C.ConfigError(f"privacy: {exc}") from None
+
+
 def make_backend(b: C.BackendConfig) -> Backend:
     """The backend a ``[backend]`` section describes (Ray is imported only for kind ray)."""
     if b.kind == "processes":
@@ -334,10 +369,15 @@ def build(cfg: C.ExperimentConfig) -> Simulation:
         fed = Sampler(per_round=s.federated_eval_clients, seed=cfg.seed + 1)
         fed.check(len(clients))
     backend = make_backend(cfg.backend)
+    agg, plugins = aggregator(s.aggregator), []
+    if cfg.privacy is not None:
+        agg, accountant = differential_privacy(cfg.privacy, s, len(clients), sampler)
+        plugins.append(accountant)
     server = Server(
         from_module(model),
         sampler=sampler,
-        aggregator=aggregator(s.aggregator),
+        aggregator=agg,
+        plugins=plugins,
         update_bound=NormBound(s.update_norm_bound) if s.update_norm_bound else None,
         optimizer=server_optimizer(s.optimizer),
         central_eval=(
