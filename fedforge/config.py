@@ -416,6 +416,34 @@ class PrivacyConfig(_Strict):
         return self
 
 
+class SecAggSection(_Strict):
+    """Secure aggregation (SecAgg+, Bell et al. 2020): participants mask their updates so
+    the server learns only the round's sum. ``graph``: who shares masks with whom
+    (``complete``, ``sparse`` with ``neighbours`` (None: chosen for the round size) or
+    ``auto``: complete up to 64 participants); ``threshold``: shares that rebuild a secret
+    (None: the smallest safe one); ``clip`` bounds each coordinate of an update and
+    ``max_weight`` a participant's weight, which fixes the fixed-point scale in ``bits``;
+    ``clip_norm`` clips each update's L2 norm on the participant and ``noise_std`` adds
+    Gaussian noise there (distributed DP); ``stage_timeout``: seconds a protocol stage
+    waits for answers over gRPC before the silent ones count as dropouts."""
+
+    graph: Literal["auto", "complete", "sparse"] = "auto"
+    neighbours: int | None = Field(None, ge=2)
+    threshold: int | None = Field(None, ge=1)
+    clip: float = Field(100.0, gt=0, allow_inf_nan=False)
+    max_weight: float = Field(1e6, ge=1, allow_inf_nan=False)
+    bits: Literal[32, 64] = 64
+    clip_norm: float | None = Field(None, gt=0, allow_inf_nan=False)
+    noise_std: float = Field(0.0, ge=0, allow_inf_nan=False)
+    stage_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _neighbours_for_sparse(self) -> SecAggSection:
+        if self.neighbours is not None and self.graph == "complete":
+            raise ValueError("secagg.neighbours applies to graph sparse or auto, not complete")
+        return self
+
+
 class RunConfig(_Strict):
     dir: str = "runs"
     checkpoint_every: int = Field(1, ge=1)
@@ -433,6 +461,24 @@ class ExperimentConfig(_Strict):
     run: RunConfig = RunConfig()
     compression: CompressionConfig = CompressionConfig()
     privacy: PrivacyConfig | None = None  # None: no differential privacy
+    secagg: SecAggSection | None = None  # None: the server sees each update
+
+    @model_validator(mode="after")
+    def _secagg_composes(self) -> ExperimentConfig:
+        if self.secagg is None:
+            return self
+        if self.privacy is not None:
+            raise ValueError(
+                "[privacy] cannot be combined with [secagg]: DP-FedAvg clips each update on "
+                "the server, which never sees one under secure aggregation; clip and noise "
+                "on the participants instead with secagg.clip_norm and secagg.noise_std"
+            )
+        if self.server.update_norm_bound is not None:
+            raise ValueError(
+                "server.update_norm_bound cannot be combined with [secagg]: the server never "
+                "holds an update to measure; use secagg.clip_norm"
+            )
+        return self
 
 
 # --- loading ------------------------------------------------------------------------------

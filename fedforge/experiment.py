@@ -7,7 +7,7 @@ dataset or model is a new variant plus a new registered function.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from functools import singledispatch
 from pathlib import Path
@@ -38,6 +38,9 @@ from fedforge.client import TorchClient, adam, central_evaluator, classification
 from fedforge.client.tasks import Task
 from fedforge.optim import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, ServerOptimizerSpec
 from fedforge.params import ClientId, from_module
+from fedforge.secagg import SecAggConfig, SecureAggregator
+from fedforge.secagg.fixedpoint import FixedPoint
+from fedforge.secagg.graph import Auto, Complete, GraphChoice, Sparse
 from fedforge.server import EvalPlan, RunDir, Sampler, Server
 from fedforge.transforms import (
     Broadcast,
@@ -54,6 +57,7 @@ from fedforge.transforms import (
 
 if TYPE_CHECKING:
     from fedforge.privacy import DPFedAvg, PrivacyAccountant
+    from fedforge.secagg.aggregator import Channel
 
 # --- data ---------------------------------------------------------------------------------
 
@@ -349,6 +353,23 @@ def build(cfg: C.ExperimentConfig) -> Simulation:
         )
         for cid, cd in fd.clients.items()
     }
+    backend = make_backend(cfg.backend)
+    server = build_server(cfg, fd, model, task, clients)
+    return Simulation(cfg, fd, model, task, clients, server, backend)
+
+
+def build_server(
+    cfg: C.ExperimentConfig,
+    fd: D.FederatedData,
+    model: nn.Module,
+    task: Task,
+    clients: Mapping[ClientId, TorchClient],
+    *,
+    population: Collection[ClientId] | None = None,
+    secagg_channel: Channel | None = None,
+) -> Server:
+    """The server a config describes, for ``clients``. Over gRPC, ``population`` is the live
+    registry of participants and ``secagg_channel`` carries secure aggregation to them."""
     s = cfg.server
     sampler = Sampler(
         per_round=s.clients_per_round,
@@ -368,37 +389,75 @@ def build(cfg: C.ExperimentConfig) -> Simulation:
             )
         fed = Sampler(per_round=s.federated_eval_clients, seed=cfg.seed + 1)
         fed.check(len(clients))
-    backend = make_backend(cfg.backend)
     agg, plugins = aggregator(s.aggregator), []
     if cfg.privacy is not None:
         agg, accountant = differential_privacy(cfg.privacy, s, len(clients), sampler)
         plugins.append(accountant)
-    server = Server(
-        from_module(model),
-        sampler=sampler,
-        aggregator=agg,
-        plugins=plugins,
-        update_bound=NormBound(s.update_norm_bound) if s.update_norm_bound else None,
-        optimizer=server_optimizer(s.optimizer),
-        central_eval=(
-            central_evaluator(model, fd.test, task)
-            if s.central_eval and fd.test is not None
-            else None
-        ),
-        eval_plan=EvalPlan(every=s.eval_every, federated=fed),
-        pipeline=build_pipeline(cfg.compression.uplink, "compression.uplink"),
-        broadcast=(
-            Broadcast(
-                build_pipeline(cfg.compression.downlink, "compression.downlink"),
-                keep=cfg.compression.downlink_keep,
-                seed=cfg.seed,
-            )
-            if cfg.compression.downlink is not None
-            else None
-        ),
-        seed=cfg.seed,
-    )
-    return Simulation(cfg, fd, model, task, clients, server, backend)
+    if cfg.secagg is not None:
+        members = population if population is not None else sorted(clients)
+        # a simulation seeds the participants' secrets so that it replays; a deployment
+        # (a channel to real participants) takes them from the OS CSPRNG
+        seed = cfg.seed if secagg_channel is None else None
+        agg = secure_aggregation(cfg.secagg, agg, members, secagg_channel, seed)
+    try:
+        return Server(
+            from_module(model),
+            sampler=sampler,
+            aggregator=agg,
+            plugins=plugins,
+            update_bound=NormBound(s.update_norm_bound) if s.update_norm_bound else None,
+            optimizer=server_optimizer(s.optimizer),
+            central_eval=(
+                central_evaluator(model, fd.test, task)
+                if s.central_eval and fd.test is not None
+                else None
+            ),
+            eval_plan=EvalPlan(every=s.eval_every, federated=fed),
+            pipeline=build_pipeline(cfg.compression.uplink, "compression.uplink"),
+            broadcast=(
+                Broadcast(
+                    build_pipeline(cfg.compression.downlink, "compression.downlink"),
+                    keep=cfg.compression.downlink_keep,
+                    seed=cfg.seed,
+                )
+                if cfg.compression.downlink is not None
+                else None
+            ),
+            seed=cfg.seed,
+        )
+    except ValueError as exc:
+        if cfg.secagg is None:
+            raise
+        raise C.ConfigError(f"secagg: {exc}") from None  # what SecAgg+ refused, and why
+
+
+def secure_aggregation(
+    c: C.SecAggSection,
+    inner: Aggregator,
+    population: Collection[ClientId],
+    channel: Channel | None,
+    seed: int | None,
+) -> SecureAggregator:
+    """The ``[secagg]`` section around the server's (linear) aggregator."""
+    graph: GraphChoice
+    if c.graph == "complete":
+        graph = Complete()
+    elif c.graph == "sparse":
+        graph = Sparse(c.neighbours)
+    else:
+        graph = Auto(sparse=Sparse(c.neighbours))
+    try:
+        config = SecAggConfig(
+            graph=graph,
+            threshold=c.threshold,
+            fixed=FixedPoint(bits=c.bits, clip=c.clip, max_weight=c.max_weight),
+            clip_norm=c.clip_norm,
+            noise_std=c.noise_std,
+            seed=seed,
+        )
+        return SecureAggregator(inner, config, population=population, channel=channel)
+    except ValueError as exc:
+        raise C.ConfigError(f"secagg: {exc}") from None
 
 
 def new_run_dir(cfg: C.ExperimentConfig) -> RunDir:

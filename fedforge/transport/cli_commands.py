@@ -148,7 +148,7 @@ def _load_config(path: str | None, overrides: list[str], resume: str | None = No
 def run_server(args: argparse.Namespace) -> int:
     from fedforge import config as C
     from fedforge.backends.grpc_backend import GrpcBackend
-    from fedforge.experiment import build, new_run_dir
+    from fedforge.experiment import build, build_server, new_run_dir
     from fedforge.server import RunDir
     from fedforge.transport import status
     from fedforge.transport.quorum import Quorum
@@ -160,6 +160,19 @@ def run_server(args: argparse.Namespace) -> int:
     sim = build(cfg)
     members = sorted(sim.clients)
     registry = Registry(members)
+    if cfg.secagg is not None:  # participants mask in their own processes
+        from fedforge.transport.secagg import GrpcSecAgg
+
+        channel = GrpcSecAgg(registry, cfg.secagg.stage_timeout)
+        sim.server = build_server(
+            cfg,
+            sim.data,
+            sim.model,
+            sim.task,
+            sim.clients,
+            population=registry,
+            secagg_channel=channel,
+        )
     if args.insecure:
         print(INSECURE_WARNING, file=sys.stderr)
     port = args.port
