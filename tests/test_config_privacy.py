@@ -8,14 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from fedforge import config as C
 from fedforge.cli import main
 from fedforge.experiment import build
 from fedforge.privacy import DPFedAvg, FixedSizeSampling, PrivacyAccountant, epsilon
-from fedforge.server import checkpoint as ckpts
-from fedforge.transport.testing import fedforge, only_run_dir, overrides, read_port, set_args
+from fedforge.transport.testing import overrides, run_cli_federation
 
 BASE = [
     "data.dataset=breast_cancer",
@@ -141,37 +139,11 @@ def test_server_command_runs_dp_fedavg_over_grpc_like_the_simulation(tmp_path: P
     """`fedforge server` with a [privacy] section: participants in their own processes,
     the server clips and noises; the result is the simulation's, bit for bit, and so is
     the epsilon it records."""
-    runs = tmp_path / "runs"
-    sets = overrides(runs, "privacy.noise_multiplier=1.1", "privacy.clip=0.5")
-    port_file = tmp_path / "port"
-    server = fedforge(
-        ["server", *set_args(sets), "--insecure", "--port-file", str(port_file), "--no-progress"],
-        tmp_path / "server.log",
-    )
-    clients = []
-    try:
-        port = read_port(port_file)
-        clients = [
-            fedforge(
-                ["client", "--server", f"127.0.0.1:{port}", *set_args(sets), "--insecure"]
-                + ["--id", ids],
-                tmp_path / f"client{i}.log",
-            )
-            for i, ids in enumerate(["0-4", "5-9"])
-        ]
-        assert server.wait(timeout=150) == 0, (tmp_path / "server.log").read_text()[-3000:]
-        for c in clients:
-            assert c.wait(timeout=30) == 0
-    finally:
-        for p in [server, *clients]:
-            if p.poll() is None:
-                p.kill()
+    sets = overrides(tmp_path / "runs", "privacy.noise_multiplier=1.1", "privacy.clip=0.5")
+    run = run_cli_federation(sets, tmp_path)
     sim = build(C.validate(C.apply_overrides({}, sets)))
     history = sim.server.run(sim.clients, sim.config.server.rounds, progress=False)
-    rd = only_run_dir(runs)
-    final = load_file(str(ckpts.list_checkpoints(rd / "checkpoints")[-1] / "params.safetensors"))
     for k, v in sim.server.params.items():
-        assert torch.equal(final[k], v), k
-    records = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epsilon"] for r in records] == [r["epsilon"] for r in history]
-    assert records[0]["epsilon"] > 0
+        assert torch.equal(run.params[k], v), k
+    assert [r["epsilon"] for r in run.records] == [r["epsilon"] for r in history]
+    assert run.records[0]["epsilon"] > 0

@@ -3,19 +3,16 @@ simulation and over gRPC, and the combinations it must refuse with the reason.""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from fedforge import config as C
 from fedforge.experiment import build
 from fedforge.secagg import SecureAggregator
 from fedforge.secagg.graph import Complete, Sparse
-from fedforge.server import checkpoint as ckpts
-from fedforge.transport.testing import fedforge, only_run_dir, overrides, read_port, set_args
+from fedforge.transport.testing import overrides, run_cli_federation
 
 BASE = [
     "data.dataset=breast_cancer",
@@ -94,37 +91,11 @@ def test_build_refuses_a_compression_that_does_not_commute_with_the_sum() -> Non
 def test_server_command_runs_secagg_over_grpc_like_the_simulation(tmp_path: Path) -> None:
     """`fedforge server` with [secagg]: participants in two processes mask their updates;
     the server process ends bit-identical to the simulated SecAgg+ of the same config."""
-    runs = tmp_path / "runs"
-    sets = overrides(runs, *SECAGG, "secagg.stage_timeout=30")
-    port_file = tmp_path / "port"
-    server = fedforge(
-        ["server", *set_args(sets), "--insecure", "--port-file", str(port_file), "--no-progress"],
-        tmp_path / "server.log",
-    )
-    clients = []
-    try:
-        port = read_port(port_file)
-        clients = [
-            fedforge(
-                ["client", "--server", f"127.0.0.1:{port}", *set_args(sets), "--insecure"]
-                + ["--id", ids],
-                tmp_path / f"client{i}.log",
-            )
-            for i, ids in enumerate(["0-4", "5-9"])
-        ]
-        assert server.wait(timeout=150) == 0, (tmp_path / "server.log").read_text()[-3000:]
-        for c in clients:
-            assert c.wait(timeout=30) == 0
-    finally:
-        for p in [server, *clients]:
-            if p.poll() is None:
-                p.kill()
+    sets = overrides(tmp_path / "runs", *SECAGG, "secagg.stage_timeout=30")
+    run = run_cli_federation(sets, tmp_path)
     sim = build(C.validate(C.apply_overrides({}, sets)))
     history = sim.server.run(sim.clients, sim.config.server.rounds, progress=False)
-    rd = only_run_dir(runs)
-    final = load_file(str(ckpts.list_checkpoints(rd / "checkpoints")[-1] / "params.safetensors"))
     for k, v in sim.server.params.items():
-        assert torch.equal(final[k], v), k
-    records = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
-    assert [r["aggregated"] for r in records] == [r["aggregated"] for r in history]
-    assert all(r["secagg_bytes_up"] > 0 for r in records)
+        assert torch.equal(run.params[k], v), k
+    assert [r["aggregated"] for r in run.records] == [r["aggregated"] for r in history]
+    assert all(r["secagg_bytes_up"] > 0 for r in run.records)

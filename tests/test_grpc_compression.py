@@ -3,18 +3,15 @@ bytes, the server only decodes; the result is bit for bit the simulation's."""
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from fedforge import config as C
 from fedforge.client.types import RoundInfo
 from fedforge.experiment import build
 from fedforge.params import num_bytes
-from fedforge.server import checkpoint as ckpts
 from fedforge.transforms import (
     Cast,
     Context,
@@ -29,7 +26,7 @@ from fedforge.transforms import (
 from fedforge.transport import uplink as up
 from fedforge.transport.chunks import Payload
 from fedforge.transport.registry import Registry
-from fedforge.transport.testing import fedforge, only_run_dir, overrides, read_port, set_args
+from fedforge.transport.testing import overrides, run_cli_federation
 
 PIPELINES = {
     "quantize8+zstd": "[{kind: quantize, bits: 8}, {kind: zstd}]",
@@ -50,33 +47,13 @@ def test_participant_processes_encode_and_match_the_simulation(tmp_path, uplink)
         "server.rounds=3",
         f"compression.uplink={PIPELINES[uplink]}",
     )
-    port_file = tmp_path / "port"
-    server = fedforge(
-        ["server", *set_args(sets), "--insecure", "--port-file", str(port_file), "--no-progress"],
-        tmp_path / "server.log",
-    )
-    clients = []
-    try:
-        port = read_port(port_file)
-        for i, ids in enumerate(["0-4", "5-9"]):
-            args = ["client", "--server", f"127.0.0.1:{port}", *set_args(sets)]
-            clients.append(fedforge([*args, "--insecure", "--id", ids], tmp_path / f"c{i}.log"))
-        assert server.wait(timeout=200) == 0, (tmp_path / "server.log").read_text()[-3000:]
-        for c in clients:
-            assert c.wait(timeout=30) == 0
-    finally:
-        for p in [server, *clients]:
-            if p.poll() is None:
-                p.kill()
-
+    run = run_cli_federation(sets, tmp_path, server_timeout=200)
     sim = build(C.validate(C.apply_overrides({}, sets)))
     history = sim.server.run(sim.clients, 3, progress=False)
-    rd = only_run_dir(runs)
-    final = load_file(str(ckpts.list_checkpoints(rd / "checkpoints")[-1] / "params.safetensors"))
     for k, v in sim.server.params.items():
-        assert torch.equal(final[k], v), (k, (final[k] - v).abs().max())
+        assert torch.equal(run.params[k], v), (k, (run.params[k] - v).abs().max())
 
-    records = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
+    records = run.records
     assert [r["bytes_up"] for r in records] == [r["bytes_up"] for r in history]
     assert all(r["aggregated"] == 5 for r in records)
     # What the participants pushed: the tensor bytes of every fit result (the encoded
@@ -84,7 +61,7 @@ def test_participant_processes_encode_and_match_the_simulation(tmp_path, uplink)
     # trailer, HTTP/2) not counted; the same bytes the history counts as bytes_up.
     pushed: dict[str, int] = {}
     for i in range(2):
-        for cid, body in _STATS.findall((tmp_path / f"c{i}.log").read_text()):
+        for cid, body in _STATS.findall((tmp_path / f"client{i}.log").read_text()):
             fields = dict(re.findall(r"(\w+)=(\d+)", body))
             pushed[cid] = int(fields["bytes_up"])
             assert "finished='training finished'" in body, body

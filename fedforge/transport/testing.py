@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -67,6 +70,63 @@ def only_run_dir(parent: Path) -> Path:
     if len(found) != 1:
         raise AssertionError(f"expected one run directory in {parent}, found {found}")
     return found[0]
+
+
+@dataclass(frozen=True)
+class FederationRun:
+    """What a ``fedforge server`` process left behind: its run directory, its last
+    checkpoint's parameters and its per-round records."""
+
+    run_dir: Path
+    params: Params
+    records: list[dict[str, Any]]
+
+
+def run_cli_federation(
+    sets: Sequence[str],
+    tmp: Path,
+    groups: Sequence[str] = ("0-4", "5-9"),
+    server_timeout: float = 150.0,
+) -> FederationRun:
+    """``fedforge server`` and one ``fedforge client`` process per id group on 127.0.0.1
+    (plain text), all with the config overrides ``sets`` (whose ``run.dir`` must be a
+    fresh folder); waits for every process to exit 0 (raises with the server's log tail
+    if not) and reads the run the server wrote. Logs land in ``tmp``."""
+    from safetensors.torch import load_file
+
+    from fedforge.server import checkpoint as ckpts
+
+    port_file = tmp / "port"
+    args = set_args(sets)
+    server = fedforge(
+        ["server", *args, "--insecure", "--port-file", str(port_file), "--no-progress"],
+        tmp / "server.log",
+    )
+    clients: list[subprocess.Popen[bytes]] = []
+    try:
+        port = read_port(port_file)
+        for i, ids in enumerate(groups):
+            cmd = ["client", "--server", f"127.0.0.1:{port}", *args, "--insecure", "--id", ids]
+            clients.append(fedforge(cmd, tmp / f"client{i}.log"))
+        code = server.wait(timeout=server_timeout)
+        if code != 0:
+            raise AssertionError(f"server exit {code}:\n{(tmp / 'server.log').read_text()[-3000:]}")
+        for i, c in enumerate(clients):
+            if (code := c.wait(timeout=30)) != 0:
+                raise AssertionError(
+                    f"client {i} exit {code}:\n{(tmp / f'client{i}.log').read_text()[-3000:]}"
+                )
+    finally:
+        for p in [server, *clients]:
+            if p.poll() is None:
+                p.kill()
+    run_dir = [v.split("=", 1)[1] for v in sets if v.startswith("run.dir=")]
+    if not run_dir:
+        raise ValueError("sets must give run.dir=<a fresh folder> to find the server's run")
+    rd = only_run_dir(Path(run_dir[-1]))
+    last = ckpts.list_checkpoints(rd / "checkpoints")[-1]
+    records = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
+    return FederationRun(rd, load_file(str(last / "params.safetensors")), records)
 
 
 class ConstantClient:
