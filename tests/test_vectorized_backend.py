@@ -19,14 +19,15 @@ from torch.utils.data import TensorDataset
 
 import fedforge as ff
 from fedforge.backends import FitBatch, each_result
-from fedforge.backends.vectorized import (
-    Vectorized,
+from fedforge.backends.vectorized import Vectorized, client_schedule
+from fedforge.backends.vmap_sgd import (
+    _arena,
     _cross_entropy_few_classes,
     _few_classes,
+    _gather,
     _per_example_loss,
-    client_schedule,
+    _Scratch,
 )
-from fedforge.backends.vmap_sgd import _arena, _gather, _Scratch
 from fedforge.client import EvalResult, FitResult, RoundInfo, Task
 from fedforge.data import split_by_partition, synthetic_linear
 from fedforge.models import cnn, logistic_regression, mlp

@@ -47,17 +47,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
-from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
 from fedforge.backends.base import ClientFailure, FitBatch, FitOutcome, Job, describe
 from fedforge.backends.schedule import client_schedule, schedule, step_count
 from fedforge.backends.vmap_sgd import (
+    _CLASS_INDEX_LOSSES,
+    _ELEMENTWISE_LOSSES,
     PerExampleLoss,
     _arena,
+    _deltas,
     _gather,
     _Hyper,
     _make_step,
+    _per_example_loss,
+    _row_buffer,
     _Scratch,
     _sgd_step,
 )
@@ -68,16 +72,6 @@ from fedforge.params import ClientId, Params
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
-
-# Losses known to be a plain mean over their elements: per example, the same function
-# with ``reduction="none"`` averaged over everything but the batch dimension.
-_CLASS_INDEX_LOSSES: tuple[Callable[..., Tensor], ...] = (F.cross_entropy, F.nll_loss)
-_ELEMENTWISE_LOSSES: tuple[Callable[..., Tensor], ...] = (
-    F.mse_loss,
-    F.l1_loss,
-    F.smooth_l1_loss,
-    F.binary_cross_entropy_with_logits,
-)
 
 
 @dataclass(frozen=True)
@@ -124,50 +118,6 @@ class _ModelGroup:
     per_example: PerExampleLoss | None = None
     loss_fn: Callable[..., Tensor] | None = None
     unsupported: str | None = None  # set once the probe refused the model
-
-
-# Below this many classes, torch's CPU log_softmax over the last dimension runs a slow
-# path. Measured here (torch 2.13, 1 thread, 8,192 x 10 logits): 1.2 ms over the last
-# dimension, 51 us over the first dimension of the transposed logits (16 classes: 118 us vs
-# 85 us; 80 classes: the last dimension is faster). Ten classes is the common case
-# (Fashion-MNIST, CIFAR-10): it made a vectorized SGD step of 256 participants 27 % slower.
-_FEW_CLASSES = 16
-
-
-def _few_classes(out: Tensor, y: Tensor) -> bool:
-    return (
-        out.dim() == 2
-        and out.shape[1] < _FEW_CLASSES
-        and out.device.type == "cpu"
-        and not y.is_floating_point()  # class probabilities: torch's own path
-    )
-
-
-def _cross_entropy_few_classes(out: Tensor, y: Tensor) -> Tensor:
-    """``F.cross_entropy(out, y, reduction="none")`` for (examples, classes) logits and class
-    indices, with the softmax taken over the first dimension of the transposed logits."""
-    log_p = torch.log_softmax(out.t(), dim=0)  # (classes, examples)
-    return -log_p.gather(0, y.unsqueeze(0)).squeeze(0)
-
-
-def _per_example_loss(loss: Callable[..., Tensor]) -> PerExampleLoss:
-    """``loss`` per example: torch's own ``reduction="none"`` for the losses known to be a
-    plain mean, otherwise ``loss`` on each example alone (a batch of one). Either way the
-    probe checks on real data that their mean equals ``loss`` of the whole batch."""
-    if loss in _CLASS_INDEX_LOSSES or loss in _ELEMENTWISE_LOSSES:
-
-        def known(out: Tensor, y: Tensor) -> Tensor:
-            if loss is F.cross_entropy and _few_classes(out, y):
-                return _cross_entropy_few_classes(out, y)
-            per = loss(out, y, reduction="none")
-            return per.reshape(per.shape[0], -1).mean(dim=1)
-
-        return known
-
-    def generic(out: Tensor, y: Tensor) -> Tensor:
-        return vmap(lambda o, t: loss(o.unsqueeze(0), t.unsqueeze(0)))(out, y)
-
-    return generic
 
 
 def _sgd_hyper(client: TorchClient, model: nn.Module) -> _Hyper | str:
@@ -604,59 +554,6 @@ class Vectorized:
         self._clients = {}
         self._plans = {}
         self._groups = {}
-
-
-def _row_buffer(base: Params, c: int) -> tuple[Tensor, Params] | None:
-    """A ``(c, model size)`` buffer and each tensor's ``(c, *shape)`` view of it, the
-    tensors back to back in ``base``'s (the server's) order; None if they mix dtypes."""
-    if len({t.dtype for t in base.values()}) != 1:
-        return None
-    first = next(iter(base.values()))
-    flat = torch.empty(
-        (c, sum(t.numel() for t in base.values())), dtype=first.dtype, device=first.device
-    )
-    return flat, _views(flat, base)
-
-
-def _views(flat: Tensor, like: Params) -> Params:
-    out: Params = {}
-    offset = 0
-    for k, t in like.items():
-        out[k] = flat[:, offset : offset + t.numel()].view(flat.shape[0], *t.shape)
-        offset += t.numel()
-    return out
-
-
-def _deltas(
-    stack: Params,
-    base: Params,
-    c: int,
-    order: Tensor | None,
-    rows: tuple[Tensor, Params] | None,
-) -> Params:
-    """The ``c`` participants' updates (trained minus global parameters), stacked, row ``i``
-    from the stack's row ``order[i]`` (None: the stack's own order).
-
-    With ``rows`` (the stack was trained in that buffer) participant ``i``'s whole update
-    is made in place as ONE contiguous row, its tensors back to back in the server's order:
-    the server checks and folds all rows in one go (``FitBatch.rows``) instead of tensor by
-    tensor and participant by participant."""
-    if rows is None:
-        return {
-            k: (stack[k] if order is None else stack[k].index_select(0, order)) - p
-            if k in stack
-            else torch.zeros(c, *p.shape, dtype=p.dtype, device=p.device)
-            for k, p in base.items()
-        }
-    flat, views = rows
-    for k, p in base.items():
-        if k in stack:
-            views[k].sub_(p)  # the stack's own memory
-        else:
-            views[k].zero_()  # a frozen tensor: its update is 0
-    if order is None:
-        return views
-    return _views(flat.index_select(0, order), base)
 
 
 def _fn_name(fn: Callable[..., Any]) -> str:
