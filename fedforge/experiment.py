@@ -36,6 +36,7 @@ from fedforge.aggregate import (
 from fedforge.backends import Backend, Processes, Sequential
 from fedforge.client import TorchClient, adam, central_evaluator, classification, regression, sgd
 from fedforge.client.tasks import Task
+from fedforge.config.schema import _Partitioned
 from fedforge.optim import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, ServerOptimizerSpec
 from fedforge.params import ClientId, from_module
 from fedforge.secagg import SecAggConfig, SecureAggregator
@@ -83,7 +84,7 @@ def _(p: C.Shards, labels: Any, num_items: int, num_clients: int, seed: int) -> 
 
 
 def _federate(
-    cfg: C._Partitioned, train: Any, test: Any, seed: int, classes: int | None
+    cfg: _Partitioned, train: Any, test: Any, seed: int, classes: int | None
 ) -> D.FederatedData:
     labels = D.partition_labels(train) if classes is not None else None
     if labels is None and not isinstance(cfg.partition, C.IID):
