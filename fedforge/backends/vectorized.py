@@ -55,12 +55,14 @@ from fedforge.backends.vmap_sgd import (
     _CLASS_INDEX_LOSSES,
     _ELEMENTWISE_LOSSES,
     PerExampleLoss,
+    RowBlock,
     _arena,
     _deltas,
     _gather,
     _Hyper,
     _make_step,
     _per_example_loss,
+    _row_block,
     _row_buffer,
     _Scratch,
     _sgd_step,
@@ -85,6 +87,8 @@ class _Plan:
     hyper: _Hyper
     n: int
     signature: tuple[object, ...]
+    x_block: RowBlock | None  # where x and y sit in their storages (the one-gather path)
+    y_block: RowBlock | None
 
 
 def _signature(client: TorchClient) -> tuple[object, ...]:
@@ -276,13 +280,9 @@ class Vectorized:
         hyper = _sgd_hyper(client, model)
         if isinstance(hyper, str):
             return hyper
+        x, y = x.to(group.device), y.to(group.device)
         return _Plan(
-            client,
-            x.to(group.device),
-            y.to(group.device),
-            hyper,
-            int(x.shape[0]),
-            _signature(client),
+            client, x, y, hyper, int(x.shape[0]), _signature(client), _row_block(x), _row_block(y)
         )
 
     def _probe(self, group: _ModelGroup, plans: Sequence[_Plan]) -> str | None:
@@ -479,7 +479,8 @@ class Vectorized:
         momentum: dict[str, Tensor] = {}
         loss_sum = torch.zeros(c, dtype=torch.float64, device=group.device)
         step = _make_step(group, hyper.prox_mu)
-        ax, ay = _arena([p.x for p in plans]), _arena([p.y for p in plans])
+        ax = _arena([p.x for p in plans], [p.x_block for p in plans])
+        ay = _arena([p.y for p in plans], [p.y_block for p in plans])
         arenas = (ax, ay) if ax is not None and ay is not None else None
         with torch.no_grad():
             for t in range(t_max):

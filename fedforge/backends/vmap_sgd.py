@@ -160,35 +160,43 @@ class _Arena:
     offsets: Tensor  # (participants,) int64
 
 
-def _arena(ts: Sequence[Tensor]) -> _Arena | None:
-    """The shared storage of ``ts`` as rows, if every tensor is a contiguous row block of it
-    with the same dtype, device and row shape; otherwise None."""
-    first = ts[0]
-    if first.dim() == 0:
+# Where a tensor sits in its storage, as rows: ((storage, dtype, device, row shape), first
+# row); tensors with the same key are row blocks of one array.
+RowBlock = tuple[tuple[int, torch.dtype, torch.device, tuple[int, ...]], int]
+
+
+def _row_block(t: Tensor) -> RowBlock | None:
+    """``t`` as a block of whole rows of its storage, or None if it is not one."""
+    if t.dim() == 0 or not t.is_contiguous():
         return None
+    tail = tuple(t.shape[1:])
+    row = 1
+    for d in tail:
+        row *= d
+    if row == 0 or t.storage_offset() % row:
+        return None
+    key = (t.untyped_storage().data_ptr(), t.dtype, t.device, tail)
+    return key, t.storage_offset() // row
+
+
+def _arena(ts: Sequence[Tensor], blocks: Sequence[RowBlock | None] | None = None) -> _Arena | None:
+    """The shared storage of ``ts`` as rows, if every tensor is a contiguous row block of it
+    with the same dtype, device and row shape; otherwise None. ``blocks``: each tensor's
+    ``_row_block``, if already known (a plan computes it once, not every round)."""
+    found = [_row_block(t) for t in ts] if blocks is None else list(blocks)
+    keys = {b[0] if b is not None else None for b in found}
+    if None in keys or len(keys) != 1:
+        return None
+    first = ts[0]
     tail = tuple(first.shape[1:])
     row = 1
     for d in tail:
         row *= d
     storage = first.untyped_storage()
-    ptr = storage.data_ptr()
-    offsets: list[int] = []
-    for t in ts:
-        off = t.storage_offset()
-        if (
-            t.untyped_storage().data_ptr() != ptr
-            or t.dtype != first.dtype
-            or t.device != first.device
-            or tuple(t.shape[1:]) != tail
-            or not t.is_contiguous()
-            or row == 0
-            or off % row
-        ):
-            return None
-        offsets.append(off // row)
     rows = storage.nbytes() // (row * first.element_size())
     whole = torch.empty(0, dtype=first.dtype, device=first.device).set_(storage)
     base = whole[: rows * row].view(rows, *tail)  # contiguous rows over the whole storage
+    offsets = [b[1] for b in found if b is not None]
     return _Arena(base, torch.tensor(offsets, dtype=torch.int64, device=first.device))
 
 
