@@ -32,7 +32,7 @@ class ClientFailure:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: equality would be elementwise
 class FitBatch:
     """The fit results of consecutive jobs computed together: participant ``ids[i]``'s update
     is row ``i`` of every tensor in ``updates`` (each ``(len(ids), *shape)``), its example

@@ -383,7 +383,10 @@ class Vectorized:
                     continue
                 batch, row = hit
                 end = j + 1  # extend the run while the next job is the next row of the batch
-                while end < len(window) and done.get(end) == (batch, row + end - j):
+                while end < len(window):
+                    nxt = done.get(end)
+                    if nxt is None or nxt[0] is not batch or nxt[1] != row + end - j:
+                        break
                     end += 1
                 whole = row == 0 and end - j == len(batch)
                 yield batch if whole else batch.slice(row, row + end - j)
