@@ -9,6 +9,7 @@ trains (laid out as the rows the server folds).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -170,9 +171,7 @@ def _row_block(t: Tensor) -> RowBlock | None:
     if t.dim() == 0 or not t.is_contiguous():
         return None
     tail = tuple(t.shape[1:])
-    row = 1
-    for d in tail:
-        row *= d
+    row = math.prod(tail)
     if row == 0 or t.storage_offset() % row:
         return None
     key = (t.untyped_storage().data_ptr(), t.dtype, t.device, tail)
@@ -189,9 +188,7 @@ def _arena(ts: Sequence[Tensor], blocks: Sequence[RowBlock | None] | None = None
         return None
     first = ts[0]
     tail = tuple(first.shape[1:])
-    row = 1
-    for d in tail:
-        row *= d
+    row = math.prod(tail)
     storage = first.untyped_storage()
     rows = storage.nbytes() // (row * first.element_size())
     whole = torch.empty(0, dtype=first.dtype, device=first.device).set_(storage)
@@ -211,9 +208,7 @@ class _Scratch:
     def take(self, slot: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """An uninitialized contiguous ``shape`` tensor of ``like``'s dtype and device, the
         same memory as the previous ``take`` of ``slot`` (grown when too small)."""
-        n = 1
-        for d in shape:
-            n *= d
+        n = math.prod(shape)
         key = (slot, like.dtype, like.device)
         flat = self._flat.get(key)
         if flat is None or flat.numel() < n:
