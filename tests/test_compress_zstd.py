@@ -70,8 +70,8 @@ def test_bad_level_is_refused_naming_the_argument(level):
 class _Wire(Pipeline):
     """Corrupts participant c1's bytes in transit: the last 20 compressed bytes go missing."""
 
-    def encode(self, update, ctx):
-        payload = super().encode(update, ctx)
+    def encode(self, update, ctx, state=None):
+        payload = super().encode(update, ctx, state)
         if ctx.client != "c1":
             return payload
         x = load(payload)

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from fedforge import config as C
-from fedforge.client.types import RoundInfo
+from fedforge.client.types import FitResult, RoundInfo
 from fedforge.experiment import build
 from fedforge.params import num_bytes
+from fedforge.participant import UPLOAD, Plan, Stack, as_tensor, payload_of
 from fedforge.transforms import (
     Cast,
-    Context,
     ErrorFeedback,
     LowRank,
     Pipeline,
@@ -104,18 +104,36 @@ def test_bad_pipeline_specs_are_refused(text):
         up.parse(text)
 
 
-def test_encoder_keeps_error_feedback_state_per_participant():
-    """The participant-side encoder gives the bytes the simulation's pipeline gives."""
+def test_a_rebuilt_stack_encodes_as_the_simulation_and_keeps_its_state():
+    """A stack rebuilt from the wire description gives the bytes the simulation's stack
+    gives, round after round, each participant with its own error-feedback residual."""
     pipe = Pipeline([ErrorFeedback(TopK(0.1)), Quantize(8)])
-    text = up.spec(pipe)
-    enc = up.UplinkEncoder()
-    g = torch.Generator().manual_seed(0)
+    rebuilt = Plan(up.parse(up.describe(Plan(pipe))))
+    here = {cid: Stack(cid, _Fixed(), Plan(pipe)) for cid in ("a", "b")}
+    there = {cid: Stack(cid, _Fixed(), rebuilt) for cid in ("a", "b")}
     for r in (1, 2, 3):
         for cid in ("a", "b"):
-            update = {"w": torch.randn(50, generator=g)}
-            ctx = Context(r, cid, 1000 * r + ord(cid), round_seed=r)
-            assert enc.encode(text, update, ctx) == pipe.encode(update, ctx)
-    assert set(enc.pipeline(text).state_tensors()) == set(pipe.state_tensors())
+            info = RoundInfo(r, 0, uplink_seed=1000 * r + ord(cid), round_seed=r)
+            params = {"w": torch.full((50,), float(r))}
+            want = here[cid].fit(params, info).update[UPLOAD]
+            assert torch.equal(there[cid].fit(params, info).update[UPLOAD], want)
+    assert set(there["a"].state_tensors()) == set(here["a"].state_tensors())
+    assert any("residual" in k for k in here["a"].state_tensors())
+    assert not torch.equal(
+        here["a"].state_tensors()[next(iter(here["a"].state_tensors()))],
+        here["b"].state_tensors()[next(iter(here["b"].state_tensors()))],
+    )
+
+
+class _Fixed:
+    """A participant whose update is a fixed function of the params and its seed."""
+
+    def fit(self, params, info):
+        g = torch.Generator().manual_seed(info.uplink_seed)
+        return FitResult({k: torch.randn(v.shape, generator=g) for k, v in params.items()}, 5)
+
+    def evaluate(self, params, info):
+        raise NotImplementedError
 
 
 def test_finish_keeps_the_first_reason():
@@ -133,34 +151,31 @@ def test_finish_keeps_the_first_reason():
 
 def test_encoded_payload_tensor_round_trips():
     data = b"\x00\x01abc\xff"
-    assert up.as_tensor(data).numpy().tobytes() == data
-    assert up.as_tensor(b"").numel() == 0
+    assert payload_of({UPLOAD: as_tensor(data)}) == data
+    assert as_tensor(b"").numel() == 0
+    with pytest.raises(ValueError, match="one 1-D uint8 tensor"):
+        payload_of({"w": torch.zeros(3)})
 
 
 def test_server_decodes_what_the_participant_encoded():
-    """``Server._receive`` on an encoded result gives the simulation's update and size."""
+    """``Server._receive`` on a stack's upload gives the update the stack encoded, counts the
+    encoded bytes, and leaves a corrupt or bad upload out with the reason."""
     import fedforge as ff
 
     params = {"w": torch.zeros(40), "b": torch.zeros(3)}
     update = {"w": torch.linspace(-1, 1, 40), "b": torch.tensor([0.5, -0.25, 2.0])}
-
-    def server() -> ff.Server:
-        pipe = Pipeline([ErrorFeedback(TopK(0.5)), Quantize(8), Zstd()])
-        return ff.Server(params, sampler=ff.Sampler(per_round=1, seed=0), pipeline=pipe, seed=3)
-
-    sim, remote = server(), server()
-    from fedforge.client.types import FitResult
-
-    raw = FitResult(update, 7, {})
-    want, size, why = sim._receive(1, "c", raw)
-    assert why is None
-    enc = up.UplinkEncoder()
-    data = enc.encode(up.spec(remote.pipeline), update, remote.transform_context(1, "c"))
-    got, n, why = remote._receive(1, "c", up.EncodedFitResult({}, 7, {}, encoded=data))
-    assert why is None and n == size == len(data)
+    pipe = Pipeline([ErrorFeedback(TopK(0.5)), Quantize(8), Zstd()])
+    server = ff.Server(params, sampler=ff.Sampler(per_round=1, seed=0), pipeline=pipe, seed=3)
+    ctx = server.transform_context(1, "c")
+    data = pipe.encode(update, ctx, {})
+    want = pipe.decode(data, ctx, params)
+    got, n, why = server._receive(1, "c", FitResult({UPLOAD: as_tensor(data)}, 7, {}))
+    assert why is None and n == len(data)
     assert all(torch.equal(got[k], want[k]) for k in want)
-    assert remote.pipeline.state_tensors() == {}  # the residual stays with the participant
-    _, _, why = remote._receive(1, "c", up.EncodedFitResult({}, 7, {}, encoded=data[:-3]))
+    assert server.participant_state() == {}  # the residual stays with the participant
+    _, _, why = server._receive(1, "c", FitResult({UPLOAD: as_tensor(data[:-3])}, 7, {}))
     assert why is not None and why.startswith("undecodable update")
-    _, _, why = remote._receive(1, "c", up.EncodedFitResult({}, 0, {}, encoded=data))
+    _, _, why = server._receive(1, "c", FitResult({UPLOAD: as_tensor(data)}, 0, {}))
     assert why is not None and "num_examples" in why
+    _, _, why = server._receive(1, "c", FitResult(update, 7, {}))  # not encoded at all
+    assert why is not None and why.startswith("undecodable update")

@@ -373,7 +373,7 @@ def test_topk_with_error_feedback_on_adapters_sends_a_fraction_and_loses_nothing
     # Error feedback: what arrived over both rounds plus the residual each participant still
     # holds is exactly what it trained, so the global adapter moved by the weighted mean of
     # (raw round 1 + raw round 2 - residual).
-    state = server.pipeline.state_tensors()
+    state = server.participant_state()
     residual = {
         cid: {k: state[f"{cid}\x1f{ef.name}\x1fresidual/{k}"] for k in start} for cid in clients
     }

@@ -94,9 +94,9 @@ def test_participant_state_survives_checkpoint_and_resume(tmp_path):
     resumed, clients = build()
     assert resumed.resume_from(ff.RunDir(tmp_path))
     resumed.run(clients, 4, run_dir=tmp_path, progress=False)
-    assert set(full.pipeline.state_tensors()) == set(resumed.pipeline.state_tensors())
-    for k, v in full.pipeline.state_tensors().items():
-        assert torch.equal(v, resumed.pipeline.state_tensors()[k]), k
+    assert set(full.participant_state()) == set(resumed.participant_state())
+    for k, v in full.participant_state().items():
+        assert torch.equal(v, resumed.participant_state()[k]), k
 
 
 def test_bad_pipeline_configuration():

@@ -14,23 +14,25 @@ get one; the others fail with the reason, and no participant is ever asked for i
 update in the clear. The masked words go to the secure aggregation round, and the server
 gets a placeholder update (zeros) in their place (see ``fedforge.transport.secagg``).
 
-Uplink compression (the ``Server``'s pipeline) runs on the participants: ``Server.run``
-calls ``encode_uplink`` with the pipeline and its per-task transform context, each fit task
-carries both (``fedforge.transport.uplink``), the participant pushes the encoded bytes and
-the server only decodes them, so the bytes the history counts are the bytes on the socket.
+Each participant runs its whole stack (``fedforge.participant``) in its own process: the
+stack's plan (the uplink pipeline: clipping, local DP, compression, error feedback) is
+described on every fit task (``fedforge.transport.uplink``) with the task's seeds in its
+``RoundInfo``, the participant pushes what its stack encoded and the server only decodes,
+so the bytes the history counts are the bytes on the socket. A plan that cannot be
+described to a participant is refused when the backend starts, before round 1.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fedforge.backends.base import ClientFailure, Job
-from fedforge.client.types import Client, EvalResult, FitResult
+from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
 from fedforge.params import ClientId, Params, zeros_like
-from fedforge.transforms import Context, Pipeline
+from fedforge.participant import Participants, Plan
 from fedforge.transport import uplink as up
 from fedforge.transport.chunks import Payload
 from fedforge.transport.proto import fedforge_pb2 as pb
@@ -62,36 +64,28 @@ class GrpcBackend:
         self.registry = registry
         self.round_timeout = round_timeout
         self.traffic: list[RoundTraffic] = []
-        self._uplink: str | None = None  # the pipeline spec fit tasks carry (None: raw updates)
-        self._context: Callable[[int, ClientId], Context] | None = None
+        self._uplink: str | None = None  # the plan's spec fit tasks carry (None: raw updates)
 
-    def encode_uplink(
-        self, pipeline: Pipeline, context: Callable[[int, ClientId], Context]
-    ) -> None:
-        """Have participants encode their updates with ``pipeline`` under ``context(r, cid)``."""
-        self._uplink, self._context = None, None
-        if not pipeline.transforms:
-            return
-        try:
-            self._uplink = up.spec(pipeline)
-        except up.SpecError as exc:  # a custom transform: it runs on the server, as before
-            log.warning("uplink pipeline runs on the server (the wire carries float32): %s", exc)
-            return
-        self._context = context
-
-    def _uplink_for(self, cid: ClientId, rnd: int) -> pb.Uplink | None:
-        if self._uplink is None or self._context is None:
+    def _uplink_for(self, info: RoundInfo) -> pb.Uplink | None:
+        if self._uplink is None:
             return None
-        ctx = self._context(rnd, cid)
-        return pb.Uplink(
-            pipeline=self._uplink,
-            seed=ctx.seed,
-            round_seed=ctx.round_seed if ctx.round_seed is not None else 0,
-        )
+        return pb.Uplink(pipeline=self._uplink, seed=info.uplink_seed, round_seed=info.round_seed)
 
     def start(self, clients: Mapping[ClientId, Client]) -> None:
-        if clients is not self.registry:
+        """Runs the stacks of its own registry's participants (``Server.run`` passes them as
+        ``Participants``); their plan must be describable to the participant processes."""
+        plan = clients.plan if isinstance(clients, Participants) else Plan()
+        members = clients.clients if isinstance(clients, Participants) else clients
+        if members is not self.registry:
             raise TypeError("GrpcBackend runs the participants of its own Registry")
+        try:
+            self._uplink = None if plan.identity else up.describe(plan)
+        except up.SpecError as exc:
+            raise ValueError(
+                f"this federation's uplink cannot run on gRPC participants: {exc}; every "
+                "uplink stage runs in the participant's own process, so use transforms "
+                f"from {up.kinds()}"
+            ) from None
 
     def _run(
         self, kind: Kind, jobs: Sequence[Job], params: Params
@@ -106,7 +100,7 @@ class GrpcBackend:
         entries: list[Task | tuple[ClientId, ClientFailure]] = []
         for cid, info in jobs:
             if secure is None:
-                uplink = self._uplink_for(cid, info.round) if kind == "fit" else None
+                uplink = self._uplink_for(info) if kind == "fit" else None
                 entries.append(self.registry.submit(cid, kind, info, payload, uplink=uplink))
                 continue
             # securely aggregated: ask for the masked input, never for the update itself

@@ -29,6 +29,7 @@ from safetensors.torch import load, load_file, save, save_file
 from fedforge.backends.base import ClientFailure, Job, describe
 from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
 from fedforge.params import ClientId, Params
+from fedforge.participant import Stack
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,21 @@ def _params(path: str) -> Params:
     return _WORKER_PARAMS[1]
 
 
-def _fit_task(cid: ClientId, info: RoundInfo, path: str) -> tuple[bytes, int, dict[str, float]]:
-    res = _WORKER_CLIENTS[cid].fit(_params(path), info)
+def _fit_task(
+    cid: ClientId, info: RoundInfo, path: str, state: bytes | None
+) -> tuple[bytes, int, dict[str, float], bytes | None]:
+    """One participant's fit in a worker. A stack's state (the forked copy is stale) comes
+    with the job and goes back with the result, so the parent always holds the latest."""
+    client = _WORKER_CLIENTS[cid]
+    if isinstance(client, Stack) and state is not None:
+        client.load_state_tensors(load(state))
+    res = client.fit(_params(path), info)
+    out_state = save(client.state_tensors()) if isinstance(client, Stack) else None
     return (
         save({k: v.contiguous() for k, v in res.update.items()}),
         res.num_examples,
         dict(res.metrics),
+        out_state,
     )
 
 
@@ -104,8 +114,12 @@ class Processes:
         old.unlink(missing_ok=True)
         return str(path)
 
+    def _state(self, cid: ClientId) -> bytes | None:
+        client = self._clients[cid]
+        return save(client.state_tensors()) if isinstance(client, Stack) else None
+
     def _run(
-        self, jobs: Sequence[Job], task: Any, params: Params
+        self, jobs: Sequence[Job], task: Any, params: Params, with_state: bool = False
     ) -> Iterator[tuple[ClientId, Any]]:
         if self._pool is None:
             raise RuntimeError("backend not started")
@@ -119,8 +133,9 @@ class Processes:
                 job = next(it, None)
                 if job is None:
                     break
+                args = (job[0], job[1], path) + ((self._state(job[0]),) if with_state else ())
                 try:
-                    pending.append((job[0], self._pool.submit(task, job[0], job[1], path)))
+                    pending.append((job[0], self._pool.submit(task, *args)))
                 except BrokenProcessPool:
                     broken = True
                     pending.append((job[0], _failed_future("worker pool is broken")))
@@ -143,11 +158,14 @@ class Processes:
     def fit(
         self, jobs: Sequence[Job], params: Params
     ) -> Iterator[tuple[ClientId, FitResult | ClientFailure]]:
-        for cid, out in self._run(jobs, _fit_task, params):
+        for cid, out in self._run(jobs, _fit_task, params, with_state=True):
             if isinstance(out, ClientFailure):
                 yield cid, out
             else:
-                blob, n, metrics = out
+                blob, n, metrics, state = out
+                client = self._clients[cid]
+                if isinstance(client, Stack) and state is not None:
+                    client.load_state_tensors(load(state))
                 yield cid, FitResult(load(blob), n, metrics)
 
     def evaluate(

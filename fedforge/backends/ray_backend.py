@@ -37,6 +37,7 @@ from typing import Any
 from fedforge.backends.base import ClientFailure, Job, describe
 from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
 from fedforge.params import ClientId, Params
+from fedforge.participant import Stack
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +84,19 @@ class _Worker:
         return self._params
 
     def run(
-        self, call: str, cid: ClientId, info: RoundInfo, boxed: list[Any]
-    ) -> FitResult | EvalResult | ClientFailure:
+        self, call: str, cid: ClientId, info: RoundInfo, boxed: list[Any], state: Any
+    ) -> tuple[FitResult | EvalResult | ClientFailure, Any]:
+        """One participant's call; a stack's state comes with the job and goes back with the
+        result (this actor's copy of the stack may be stale)."""
         params = self._round_params(boxed)
+        client = self.clients[cid]
         try:
-            return getattr(self.clients[cid], call)(params, info)
+            if isinstance(client, Stack) and state is not None:
+                client.load_state_tensors(state)
+            out = getattr(client, call)(params, info)
         except Exception as exc:  # a participant's failure must not stop the round
-            return ClientFailure(describe(exc))
+            return ClientFailure(describe(exc)), None
+        return out, client.state_tensors() if isinstance(client, Stack) else None
 
     def ping(self) -> bool:
         return True
@@ -149,6 +156,7 @@ class RayBackend:
         self._actor_cls: Any = None
         self._pool: list[Any] = []
         self._clients_ref: Any = None
+        self._clients: Mapping[ClientId, Client] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -177,6 +185,7 @@ class RayBackend:
     def _start_pool(self, clients: Mapping[ClientId, Client]) -> None:
         ray = self._ray
         try:
+            self._clients = clients
             self._clients_ref = ray.put(dict(clients))
         except Exception as exc:
             raise TypeError(
@@ -221,7 +230,11 @@ class RayBackend:
         """The outcome of one finished task, and whether its actor died."""
         ray = self._ray
         try:
-            return ray.get(ref), False
+            out, state = ray.get(ref)
+            client = self._clients.get(cid)
+            if isinstance(client, Stack) and state is not None:
+                client.load_state_tensors(state)
+            return out, False
         except ray.exceptions.RayActorError as exc:
             reason = f"worker died: {_first_line(exc)}"
             log.warning("client %s: %s; replacing the actor", cid, reason)
@@ -247,7 +260,9 @@ class RayBackend:
                 while free and submitted < len(jobs) and submitted - yielded < window:
                     a = free.popleft()
                     cid, info = jobs[submitted]
-                    ref = self._pool[a].run.remote(call, cid, info, boxed)
+                    client = self._clients.get(cid)
+                    state = client.state_tensors() if isinstance(client, Stack) else None
+                    ref = self._pool[a].run.remote(call, cid, info, boxed, state)
                     running[ref] = (submitted, a)
                     submitted += 1
                 if yielded in done:

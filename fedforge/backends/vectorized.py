@@ -70,6 +70,7 @@ from fedforge.backends.vmap_sgd import (
 from fedforge.client.torch_client import TorchClient
 from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
 from fedforge.params import ClientId, Params
+from fedforge.participant import Stack
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,10 @@ class Vectorized:
         )
 
     def _plan(self, client: Client) -> _Plan | str:
+        if isinstance(client, Stack):  # batched only where the stack is ``fit`` alone
+            if not client.plan.identity:
+                return "their stacks encode each update after fit (uplink transforms)"
+            client = client.client
         if type(client) is not TorchClient:
             return f"they are {type(client).__name__}, not TorchClient"
         ds = client.train

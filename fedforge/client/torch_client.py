@@ -118,6 +118,14 @@ class TorchClient:
             yield from iterate_batches(self.train, self.batch_size, shuffle=True, generator=gen)
 
     def fit(self, params: Params, info: RoundInfo) -> FitResult:
+        return self._train(params, info, None)
+
+    def fit_corrected(self, params: Params, info: RoundInfo, correction: Params) -> FitResult:
+        """``fit`` with ``correction[name]`` added to every gradient before each step
+        (SCAFFOLD's ``c - c_i``, ``fedforge.algorithms.Scaffold``)."""
+        return self._train(params, info, correction)
+
+    def _train(self, params: Params, info: RoundInfo, correction: Params | None) -> FitResult:
         self.last_feedback = dict(info.feedback)
         model = self.model
         load_into(model, params)
@@ -138,6 +146,11 @@ class TorchClient:
                     prox = sum((named[k] - a).pow(2).sum() for k, a in anchors.items())
                     loss = loss + 0.5 * self.prox_mu * prox
                 loss.backward()
+                if correction is not None:
+                    for k, c in correction.items():
+                        g = named[k].grad
+                        if g is not None:
+                            g.add_(c)
                 opt.step()
                 loss_sum += float(loss.detach())
                 steps += 1

@@ -23,12 +23,16 @@ class RoundInfo:
     randomness is the same whichever backend or process runs it.
     ``feedback`` carries the global model's evaluated performance from the
     previous round (e.g. ``{"central_accuracy": 0.81}``), empty in round 1.
+    ``uplink_seed`` (this participant's) and ``round_seed`` (the whole round's) seed the
+    participant's uplink transforms; the server derives the same ones to decode.
     """
 
     round: int
     seed: int
     feedback: Mapping[str, float] = field(default_factory=dict)
     options: Mapping[str, Scalar] = field(default_factory=dict)
+    uplink_seed: int = 0
+    round_seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -32,22 +33,27 @@ from fedforge.aggregate import (
     check_participants,
     min_participants,
 )
+from fedforge.algorithms import Algorithm, Plain, split
 from fedforge.backends import Backend, ClientFailure, FitBatch, Sequential
 from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
+from fedforge.client.validation import check_update
 from fedforge.optim import FedAvg, ServerOptimizerSpec
 from fedforge.params import ClientId, Params, clone, l2_norm, num_bytes
+from fedforge.participant import Participants, Plan, payload_of
 from fedforge.seeding import derive_seed
 from fedforge.server import checkpoint as ckpts
 from fedforge.server.history import History, Record
 from fedforge.server.plugins import Plugin
 from fedforge.server.rundir import RunDir
 from fedforge.server.sampler import Sampler
-from fedforge.server.validate import check_rows, check_update
-from fedforge.transforms import Broadcast, Context, PayloadError, Pipeline
+from fedforge.server.validate import check_rows
+from fedforge.transforms import Broadcast, Context, Pipeline
 
 log = logging.getLogger(__name__)
 
 _BROADCAST = "\x1ebroadcast\x1f"  # prefix of the downlink's state among the client state
+_ALGORITHM = "\x1ealgorithm\x1f"  # prefix of the algorithm's server state (SCAFFOLD's c)
+_SERVER_SIDE = ("\x1ebroadcast\x1f", "\x1ealgorithm\x1f")
 
 CentralEval = Callable[[Params], EvalResult]
 
@@ -89,16 +95,23 @@ class Server:
         broadcast: Broadcast | None = None,
         plugins: Sequence[Plugin] = (),
         update_bound: NormBound | None = None,
+        algorithm: Algorithm | None = None,
         seed: int = 0,
     ) -> None:
         self.params = clone(params)
+        self.algorithm: Algorithm = algorithm or Plain()
+        self.algo_state = self.algorithm.init_state(self.params)  # e.g. SCAFFOLD's c
         self.sampler = sampler
         self.aggregator = aggregator or WeightedMean()
         self.optimizer = (optimizer or FedAvg()).build()
         self.optimizer.bind(self.params)
         self.central_eval = central_eval
         self.eval_plan = eval_plan or EvalPlan()
-        self.pipeline = pipeline or Pipeline()
+        self.pipeline = pipeline or Pipeline()  # the uplink: participants encode, we decode
+        self.plan = Plan(self.pipeline, self.algorithm)
+        self.template = self.plan.template(self.params)  # an upload's layout
+        self.participants: Participants | None = None  # the stacks, once ``run`` starts
+        self._stack_state: dict[str, Tensor] = {}  # restored before ``run`` built the stacks
         self.broadcast = broadcast  # None: every participant gets the float32 model
         self.plugins: list[Plugin] = list(plugins)
         if isinstance(self.aggregator, Plugin):
@@ -124,10 +137,11 @@ class Server:
             "seed": self.seed,
             "plugins": {p.name: p.state() for p in self.plugins},
         }
-        client_state = self.pipeline.state_tensors()
+        client_state = self.participant_state()
         if self.broadcast is not None:
             down = self.broadcast.state_tensors()
             client_state.update({_BROADCAST + k: v for k, v in down.items()})
+        client_state.update({_ALGORITHM + k: v.clone() for k, v in self.algo_state.items()})
         return ckpts.Checkpoint(
             self.round, clone(self.params), self.optimizer.state_dict(), state, client_state
         )
@@ -146,9 +160,12 @@ class Server:
         self.history.truncate(ckpt.round)
         self.feedback = dict(ckpt.state.get("feedback", {}))
         cs = ckpt.client_state
-        self.pipeline.load_state_tensors(
-            {k: v for k, v in cs.items() if not k.startswith(_BROADCAST)}
-        )
+        self._stack_state = {k: v for k, v in cs.items() if not k.startswith(_SERVER_SIDE)}
+        n = len(_ALGORITHM)
+        if any(k.startswith(_ALGORITHM) for k in cs):
+            self.algo_state = {k[n:]: v.clone() for k, v in cs.items() if k.startswith(_ALGORITHM)}
+        if self.participants is not None:
+            self.participants.load_state_tensors(self._stack_state)
         if self.broadcast is not None:
             n = len(_BROADCAST)
             self.broadcast.load_state_tensors(
@@ -158,6 +175,13 @@ class Server:
         for p in self.plugins:
             if p.name in saved:
                 p.load_state(saved[p.name])
+
+    def participant_state(self) -> dict[str, Tensor]:
+        """The simulated participants' own state (their stacks'), flat; over gRPC it stays
+        in the participant processes and this is empty."""
+        if self.participants is None:
+            return dict(self._stack_state)
+        return self.participants.state_tensors()
 
     def resume_from(self, run_dir: RunDir) -> bool:
         """Restore the newest checkpoint in ``run_dir``; False if it has none."""
@@ -172,7 +196,14 @@ class Server:
     # --- the round -----------------------------------------------------------------------
 
     def _info(self, kind: str, round_: int, cid: ClientId) -> RoundInfo:
-        return RoundInfo(round_, derive_seed(self.seed, kind, round_, cid), dict(self.feedback))
+        ctx = self.transform_context(round_, cid)
+        return RoundInfo(
+            round_,
+            derive_seed(self.seed, kind, round_, cid),
+            dict(self.feedback),
+            uplink_seed=ctx.seed,
+            round_seed=ctx.round_seed or 0,
+        )
 
     def transform_context(self, r: int, cid: ClientId) -> Context:
         """The uplink pipeline's context for ``cid``'s round-``r`` update (both ends use it)."""
@@ -184,24 +215,18 @@ class Server:
         )
 
     def _receive(self, r: int, cid: ClientId, res: FitResult) -> tuple[Params, int, str | None]:
-        """Carry one update through the pipeline (participant encode, server decode) and
-        validate it. Returns (update, bytes on the wire, reason to leave it out or None)."""
-        encoded = getattr(res, "encoded", None)  # bytes: the participant already encoded (gRPC)
-        if isinstance(encoded, bytes):
-            payload = encoded
-            ctx = self.transform_context(r, cid)
-        else:
-            why = check_update(res, self.params)
-            if why is not None or not self.pipeline.transforms:
-                return res.update, num_bytes(res.update), why
-            ctx = self.transform_context(r, cid)
-            payload = self.pipeline.encode(res.update, ctx)
+        """Decode one participant's upload (its stack encoded it) and validate it.
+        Returns (update, bytes on the wire, reason to leave it out or None)."""
+        size = num_bytes(res.update)
+        if self.plan.identity:
+            return res.update, size, check_update(res, self.template)
+        ctx = self.transform_context(r, cid)
         try:
-            update = self.pipeline.decode(payload, ctx, self.params)
-        except PayloadError as exc:
-            return res.update, len(payload), f"undecodable update: {exc}"
-        why = check_update(FitResult(update, res.num_examples, res.metrics), self.params)
-        return update, len(payload), why
+            update = self.pipeline.decode(payload_of(res.update), ctx, self.template)
+        except ValueError as exc:  # PayloadError, or not an encoded upload at all
+            return res.update, size, f"undecodable update: {exc}"
+        why = check_update(FitResult(update, res.num_examples, res.metrics), self.template)
+        return update, size, why
 
     def _should_stop(self, round_: int) -> str | None:
         for p in self.plugins:
@@ -261,7 +286,7 @@ class Server:
         t0 = time.perf_counter()
         sampled = self.sampler.sample(r, list(clients))
         jobs = [(cid, self._info("fit", r, cid)) for cid in sampled]
-        acc = self.aggregator.open(self.params)
+        acc = self.aggregator.open(self.template)
         if self.broadcast is not None:
             # Participants hold the broadcast reference (lossy downlink); their updates are
             # relative to it and the server still steps its own params (DoubleSqueeze-style).
@@ -269,6 +294,10 @@ class Server:
             bytes_down = sum(self.broadcast.send(cid).nbytes for cid in sampled)
         else:
             sent, bytes_down = self.params, num_bytes(self.params) * len(sampled)
+        extra = self.algorithm.broadcast(self.algo_state)  # what the algorithm sends beside
+        if extra:
+            sent = {**sent, **extra}
+            bytes_down += num_bytes(extra) * len(sampled)
         tally = _Tally()
         for item in backend.fit(jobs, sent):
             if isinstance(item, FitBatch):
@@ -308,8 +337,13 @@ class Server:
             shares = acc.report()
             if shares:
                 record["aggregator_shares"] = shares
-            record["update_norm"] = l2_norm(delta)
-            self.params = self.optimizer.step(self.params, delta)
+            step, extras = split(delta, self.algorithm.kind)
+            step, algo_state = self.algorithm.finalize(
+                step, extras, self.algo_state, acc.count, len(clients)
+            )
+            record["update_norm"] = l2_norm(step)
+            self.params = self.optimizer.step(self.params, step)
+            self.algo_state = algo_state
         self.round = r
         record["fit_time_s"] = time.perf_counter() - t0
         return record
@@ -377,10 +411,9 @@ class Server:
             self.eval_plan.federated.check(len(clients))
         rd = run_dir if isinstance(run_dir, RunDir) or run_dir is None else RunDir(run_dir)
         backend = backend or Sequential()
-        backend.start(clients)
-        uplink = getattr(backend, "encode_uplink", None)  # gRPC: participants run the encode
-        if uplink is not None:
-            uplink(self.pipeline, self.transform_context)
+        self.participants = Participants(clients, self.plan)
+        self.participants.load_state_tensors(self._stack_state)
+        backend.start(self.participants)  # every backend runs each participant's whole stack
         done_here = 0
         bar = tqdm(
             total=rounds, initial=self.round, desc="rounds", unit="round", disable=not progress

@@ -1,4 +1,5 @@
-"""Server-side checks on every incoming update, before it can touch the aggregate."""
+"""Server-side checks on a backend's batch of updates (rows), before they touch the aggregate;
+``check_update`` (``fedforge.client.validation``) is the rule for one update."""
 
 from __future__ import annotations
 
@@ -6,37 +7,8 @@ import torch
 from torch import Tensor
 
 from fedforge.backends.base import FitBatch
-from fedforge.client.types import FitResult
-from fedforge.params import Params, Spec, tensor_is_finite
-
-
-def check_update(result: FitResult, template: Params) -> str | None:
-    """Why ``result`` must be left out of the round, or None if it is acceptable."""
-    if not isinstance(result.num_examples, int) or result.num_examples <= 0:
-        return f"num_examples must be a positive integer, got {result.num_examples!r}"
-    update = result.update
-    if not isinstance(update, dict) or not all(
-        isinstance(v, torch.Tensor) for v in update.values()
-    ):
-        return "update is not a mapping of names to tensors"
-    same = update.keys() == template.keys()
-    if not (same and all(_alike(update[k], t) for k, t in template.items())):
-        # slow path, only for a bad update: say exactly what differs
-        if same:
-            update = {k: update[k] for k in template}  # order is not part of the contract
-        why = Spec.of(template).describe_mismatch(Spec.of(update)) or "structure differs"
-        if any(".lora_" in k for k in update):
-            why += (
-                "; an adapter of another rank or shape needs an aggregator for heterogeneous "
-                "ranks (FLoRA stacking: fedforge.llm.FloraSimulation), or give every "
-                "participant the global LoraSpec"
-            )
-        return f"wrong structure: {why}"
-    for name in template:  # the template's order: the first bad tensor named is stable
-        t = update[name]
-        if t.is_floating_point() and not tensor_is_finite(t):
-            return f"tensor {name!r} contains NaN or Inf"
-    return None
+from fedforge.client.validation import check_update
+from fedforge.params import Params
 
 
 def check_rows(batch: FitBatch, rows: Tensor, template: Params) -> list[str | None]:
@@ -58,7 +30,3 @@ def check_rows(batch: FitBatch, rows: Tensor, template: Params) -> list[str | No
     for i in suspects:
         verdicts[i] = check_update(batch.result(i), template)
     return verdicts
-
-
-def _alike(u: torch.Tensor, t: torch.Tensor) -> bool:
-    return u.shape == t.shape and u.dtype == t.dtype

@@ -31,10 +31,18 @@ class Pipeline:
     def names(self) -> list[str]:
         return [t.name for t in self.transforms]
 
-    def encode(self, update: Params, ctx: Context) -> bytes:
-        """Participant side: run the transforms and serialize to the bytes the wire carries."""
+    def encode(
+        self,
+        update: Params,
+        ctx: Context,
+        state: dict[str, dict[str, torch.Tensor]] | None = None,
+    ) -> bytes:
+        """Participant side: run the transforms and serialize to the bytes the wire carries.
+
+        ``state`` is the participant's own (a participant stack passes it); None keeps it in
+        this pipeline, keyed by ``ctx.client`` (the server's own downlink encoding)."""
         x: Tensors = dict(update)
-        mine = self._state.setdefault(ctx.client, {})
+        mine = self._state.setdefault(ctx.client, {}) if state is None else state
         for t in self.transforms:
             x = t.encode(x, ctx, mine.setdefault(t.name, {}))
         return save({k: v.contiguous() for k, v in x.items()})
@@ -54,7 +62,7 @@ class Pipeline:
             raise PayloadError(f"decoded update does not match the model: {why}")
         return x
 
-    # --- per-participant state, saved with server checkpoints -------------------------------
+    # --- state kept in this pipeline (``encode`` without ``state``), saved with checkpoints -------------------------------
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Flat ``client/transform/name -> tensor`` map for safetensors."""

@@ -12,20 +12,22 @@ refused with a logged reason and answered with an error; the participant stays u
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
+from safetensors.torch import load_file, save_file
 
 from fedforge.backends.base import describe
 from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo, Scalar
-from fedforge.params import ClientId, Params
+from fedforge.params import ClientId
+from fedforge.participant import Plan, Stack
 from fedforge.seeding import derive_seed
-from fedforge.server.validate import check_update
-from fedforge.transforms import Context
 from fedforge.transport.chunks import Cancelled, Payload, Stray, frames, read_payload
 from fedforge.transport.codec import WireError, parse_specs
 from fedforge.transport.proto import fedforge_pb2 as pb
@@ -33,7 +35,7 @@ from fedforge.transport.proto import fedforge_pb2_grpc as pb_grpc
 from fedforge.transport.secagg import SecAggSide
 from fedforge.transport.security import INSECURE_WARNING, ClientTLS
 from fedforge.transport.service import _GRPC_SLACK, PROTOCOL
-from fedforge.transport.uplink import PAYLOAD, EncodedFitResult, UplinkEncoder, as_tensor
+from fedforge.transport.uplink import rebuild
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +100,15 @@ def connect(
     backoff: Backoff | None = None,
     max_message_bytes: int = 16 << 30,
     seed: int = 0,
+    state_file: Path | None = None,
 ) -> ParticipantStats:
     """Serve ``client`` to the server at ``address`` until training ends (or ``stop``).
 
     ``lock`` serializes ``fit``/``evaluate`` when several participants in one process share
-    a model. Raises ``Refused`` if the server will not admit this participant.
+    a model. ``state_file`` keeps the participant stack's own state (error feedback's
+    residual, SCAFFOLD's control variate, a local-DP secret) across restarts of this
+    process: read at start if it exists, rewritten atomically after every fit. Raises
+    ``Refused`` if the server will not admit this participant.
     """
     if tls is None and not insecure:
         raise ValueError("give tls=ClientTLS(...), or insecure=True for plain text (tests only)")
@@ -118,6 +124,7 @@ def connect(
         backoff or Backoff(),
         max_message_bytes,
         random.Random(derive_seed(seed, "backoff", client_id)),
+        state_file,
     ).run()
 
 
@@ -130,8 +137,11 @@ def serve_all(
     backoff: Backoff | None = None,
     stop: threading.Event | None = None,
     seed: int = 0,
+    state_dir: Path | None = None,
 ) -> tuple[dict[ClientId, ParticipantStats], dict[ClientId, str]]:
     """Serve several participants of one process, one thread each, until training ends.
+
+    With ``state_dir`` each keeps its stack's state in ``state_dir/<id>.safetensors``.
 
     They share one lock (participants of a process usually share one model object).
     Returns each finished participant's stats and the reasons of those refused or unable
@@ -154,6 +164,7 @@ def serve_all(
                 lock=lock,
                 backoff=backoff,
                 seed=seed,
+                state_file=None if state_dir is None else state_dir / f"{cid}.safetensors",
             )
             log.info("participant %s finished: %s", cid, stats[cid])
         except (Refused, ConnectionError) as exc:
@@ -187,6 +198,7 @@ class _Participant:
         backoff: Backoff,
         max_message_bytes: int,
         rng: random.Random,
+        state_file: Path | None = None,
     ) -> None:
         self.client = client
         self.address = address
@@ -200,7 +212,12 @@ class _Participant:
         self.stats = ParticipantStats()
         self.seq = 0
         self.secagg = SecAggSide(client_id)  # secure aggregation state, per round
-        self.uplink = UplinkEncoder()  # the uplink pipeline and its state (error feedback)
+        self.stack = Stack(client_id, client, Plan())  # rebuilt when the plan changes
+        self.state_file = state_file
+        if state_file is not None and state_file.exists():
+            self.stack.load_state_tensors(load_file(str(state_file)))
+            log.info("participant %s: stack state read from %s", client_id, state_file)
+        self._plan = ""  # the plan's description the stack was built from
 
     def _channel(self, chunk: int) -> grpc.Channel:
         opts = [
@@ -290,7 +307,14 @@ class _Participant:
         it: _Pushback,
         chunk: int,
     ) -> None:
-        info = RoundInfo(int(h.round), int(h.seed), dict(h.feedback), _options(h))
+        info = RoundInfo(
+            int(h.round),
+            int(h.seed),
+            dict(h.feedback),
+            _options(h),
+            uplink_seed=int(h.uplink.seed),
+            round_seed=int(h.uplink.round_seed),
+        )
         try:
             if h.kind not in ("fit", "evaluate", "secagg"):
                 raise WireError(f"unknown task kind {h.kind!r}")
@@ -322,14 +346,14 @@ class _Participant:
         self.stats.rounds.append(info.round)
         try:
             with self.lock:
-                result: FitResult | EvalResult = (
-                    self.client.fit(params, info)
-                    if h.kind == "fit"
-                    else self.client.evaluate(params, info)
-                )
-                if h.kind == "fit" and not masked and h.HasField("uplink"):
-                    assert isinstance(result, FitResult)
-                    result = self._encode(info.round, params, result, h.uplink)
+                result: FitResult | EvalResult
+                if h.kind == "evaluate":
+                    result = self.client.evaluate(params, info)
+                elif masked:  # secure aggregation encodes (clip, quantize, mask) below
+                    result = self.client.fit(params, info)
+                else:  # the whole stack, here: the server only ever sees what it encodes
+                    result = self._stack(h).fit(params, info)
+                    self._save_state()
             if masked:
                 assert isinstance(result, FitResult)
                 result = self.secagg.mask(info.round, params, result, h.secagg)
@@ -340,15 +364,24 @@ class _Participant:
             return
         self._push(stub, session, h, chunk, result=result)
 
-    def _encode(self, rnd: int, params: Params, result: FitResult, h: pb.Uplink) -> FitResult:
-        """Run the server's uplink pipeline here, as ``Server._receive`` does in simulation.
-        An update that fails the server's checks is sent as it is, for the server to refuse
-        (like the simulation, which rejects it before encoding: the state does not move)."""
-        if check_update(result, params) is not None:
-            return result
-        ctx = Context(rnd, self.client_id, int(h.seed), round_seed=int(h.round_seed))
-        data = self.uplink.encode(h.pipeline, result.update, ctx)
-        return EncodedFitResult({}, result.num_examples, result.metrics, encoded=data)
+    def _save_state(self) -> None:
+        """The stack's state to its file, atomically (a crash leaves the old or the new)."""
+        if self.state_file is None:
+            return
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        save_file(self.stack.state_tensors(), str(tmp))
+        os.replace(tmp, self.state_file)
+
+    def _stack(self, h: pb.TaskHeader) -> Stack:
+        """This participant's stack for the task's plan; its state outlives plan changes."""
+        spec = h.uplink.pipeline if h.HasField("uplink") else ""
+        if spec != self._plan:
+            plan = rebuild(spec) if spec else Plan()
+            state = self.stack.state
+            self.stack = Stack(self.client_id, self.client, plan)
+            self.stack.state = state
+            self._plan = spec
+        return self.stack
 
     def _secagg(
         self, stub: pb_grpc.FederationStub, session: str, h: pb.TaskHeader, chunk: int, rnd: int
@@ -384,10 +417,7 @@ class _Participant:
         payload = Payload({})
         if reply is not None:
             head.secagg.CopyFrom(reply)
-        if isinstance(result, EncodedFitResult):
-            payload = Payload({PAYLOAD: as_tensor(result.encoded)})
-            head.encoded = True
-        elif isinstance(result, FitResult):
+        if isinstance(result, FitResult):
             payload = Payload({k: v.detach().contiguous() for k, v in result.update.items()})
         if isinstance(result, FitResult):
             head.num_examples = result.num_examples

@@ -48,6 +48,7 @@ import torch
 
 from fedforge.backends.base import ClientFailure
 from fedforge.client.types import FitResult, RoundInfo
+from fedforge.client.validation import check_update
 from fedforge.params import ClientId, Params
 from fedforge.secagg import shamir
 from fedforge.secagg.collector import Collector, Outcome
@@ -59,7 +60,6 @@ from fedforge.secagg.messages import SERVER, Stage, Transcript
 from fedforge.secagg.participant import Participant, PublicKeys, UnmaskShares
 from fedforge.secagg.participant import Refused as SecAggRefused
 from fedforge.secagg.prg import Randomness, SystemRandomness
-from fedforge.server.validate import check_update
 from fedforge.transforms.randomk import RandomK
 from fedforge.transport import codec
 from fedforge.transport.chunks import Payload

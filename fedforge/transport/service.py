@@ -21,13 +21,13 @@ import torch
 
 from fedforge.backends.base import ClientFailure
 from fedforge.client.types import EvalResult, FitResult
+from fedforge.participant import UPLOAD
 from fedforge.transport.chunks import DEFAULT_CHUNK, Cancelled, frames, read_payload
 from fedforge.transport.codec import WireError, describe_mismatch, parse_specs
 from fedforge.transport.proto import fedforge_pb2 as pb
 from fedforge.transport.proto import fedforge_pb2_grpc as pb_grpc
 from fedforge.transport.registry import Refusal, Registry, SecAggAnswer, Session, Task
 from fedforge.transport.security import Revocations, ServerTLS, peer_identity
-from fedforge.transport.uplink import PAYLOAD, EncodedFitResult
 
 log = logging.getLogger(__name__)
 
@@ -232,20 +232,17 @@ class FederationService(pb_grpc.FederationServicer):
             _expect_trailer(rest)
             return EvalResult(float(h.loss), int(h.num_examples), metrics)
         layout = parse_specs(h.tensors, h.payload_bytes, self.limits.max_message_bytes)
-        if h.encoded:  # the uplink pipeline's bytes; the server decodes and validates them
-            if task.uplink is None:
-                raise WireError("an encoded update answers only a task that asked for one")
+        if task.uplink is not None:  # the stack's encoded bytes; the server decodes them
             if (
-                layout.names != (PAYLOAD,)
+                layout.names != (UPLOAD,)
                 or layout.dtypes != (torch.uint8,)
                 or len(layout.shapes[0]) != 1
             ):
-                raise WireError(f"an encoded update is one 1-d uint8 tensor {PAYLOAD!r}")
+                raise WireError(f"an encoded update is one 1-d uint8 tensor {UPLOAD!r}")
             tensors = read_payload(rest, layout, self.limits.chunk_bytes)
             task.received_bytes = layout.total
             _expect_end(rest)
-            data = tensors[PAYLOAD].numpy().tobytes()
-            return EncodedFitResult({}, int(h.num_examples), metrics, encoded=data)
+            return FitResult({UPLOAD: tensors[UPLOAD]}, int(h.num_examples), metrics)
         why = describe_mismatch(task.template, layout)
         if why is not None:
             raise WireError(f"update does not match the model: {why}")

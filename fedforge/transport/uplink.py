@@ -1,37 +1,27 @@
-"""Uplink compression over gRPC: the participant encodes, the server only decodes.
+"""The participant stack's plan on the wire: the uplink pipeline as a JSON description.
 
-In simulation ``Server._receive`` runs the uplink ``Pipeline``'s encode and decode in one
-process. Over gRPC the encode must run on the participant, so that the socket carries the
-compressed bytes: each ``fit`` task's header carries the pipeline as a JSON spec
-(``spec``/``parse``, built from an allow-list of transforms and their constructor fields,
-no pickle) and the task's transform seeds, the same ``Context`` the server decodes with
-(``Server.transform_context``: ``derive_seed(seed, "transform", round, client)`` and
-``derive_seed(seed, "transform-round", round)``), so gRPC and simulation stay bit-identical.
+Every participant runs its own stack (``fedforge.participant``): over gRPC the participant
+process rebuilds the federation's uplink pipeline from the description each ``fit`` task
+carries (``spec``/``parse``: an allow-list of transforms and their constructor fields, no
+pickle) and encodes with the task's seeds (``RoundInfo.uplink_seed``/``round_seed``, from
+``Server.transform_context``), so gRPC and simulation stay bit-identical. The participant
+sends what its stack produced (the ``UPLOAD`` tensor of encoded bytes), the server decodes.
 
-The participant sends the encoded bytes as the result's only tensor, ``uplink.payload``
-(uint8, one byte per payload byte), and the server hands ``Server`` an ``EncodedFitResult``
-whose ``encoded`` bytes it decodes and validates; the history counts ``len(encoded)``.
-
-Per-participant transform state (error feedback's residual) lives in the participant
-process (``UplinkEncoder``, keyed by participant id, like the simulation's pipeline state).
-It survives reconnects within the process but not a restart of the participant process,
-and it is not in the server's checkpoints (the server never sees it).
+Local DP (``LocalGaussian``) is among the transforms: its noise is added in the
+participant's process, so the server never sees the raw update. A transform that cannot be
+described is refused when the gRPC backend starts (``GrpcBackend.start``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from fedforge.client.types import FitResult
-from fedforge.params import ClientId, Params
+from fedforge.algorithms import FedNova, Plain, Scaffold
+from fedforge.participant import Plan
 from fedforge.transforms import (
     Cast,
-    Context,
     ErrorFeedback,
     LowRank,
     Pipeline,
@@ -42,8 +32,6 @@ from fedforge.transforms import (
     Zstd,
 )
 
-PAYLOAD = "uplink.payload"  # the name of an encoded result's only tensor
-
 _KINDS: dict[str, type] = {
     "cast": Cast,
     "quantize": Quantize,
@@ -52,19 +40,23 @@ _KINDS: dict[str, type] = {
     "lowrank": LowRank,
     "zstd": Zstd,
 }
+try:  # local DP needs the privacy extra (dp-accounting); without it, it cannot be built
+    from fedforge.privacy.local import LocalGaussian
+
+    _KINDS["local_dp"] = LocalGaussian
+except ImportError:  # pragma: no cover - the privacy extra is installed with the tests
+    pass
 _NAMES = {v: k for k, v in _KINDS.items()}
+
+
+def kinds() -> list[str]:
+    """The transform kinds a participant process can rebuild."""
+    return sorted([*_KINDS, "error_feedback"])
 _SCALARS = (bool, int, float, str, type(None))
 
 
 class SpecError(ValueError):
     """A pipeline that cannot be described on the wire, or a spec that cannot be rebuilt."""
-
-
-@dataclass(frozen=True)
-class EncodedFitResult(FitResult):
-    """A fit result whose update arrived encoded by the uplink pipeline (``update`` is empty)."""
-
-    encoded: bytes = b""
 
 
 def _describe(t: Transform) -> dict[str, Any]:
@@ -127,28 +119,42 @@ def parse(text: str) -> Pipeline:
         raise SpecError(str(exc)) from exc
 
 
-class UplinkEncoder:
-    """The participant side: one pipeline (rebuilt when the spec changes) and its state."""
-
-    def __init__(self) -> None:
-        self._spec: str | None = None
-        self._pipeline = Pipeline()
-        self._state: dict[ClientId, Any] = {}
-
-    def pipeline(self, text: str) -> Pipeline:
-        if text != self._spec:
-            self._pipeline = parse(text)
-            self._pipeline._state = self._state  # per-participant state outlives the spec
-            self._spec = text
-        return self._pipeline
-
-    def encode(self, text: str, update: Params, ctx: Context) -> bytes:
-        return self.pipeline(text).encode(update, ctx)
+_ALGORITHMS: dict[str, type] = {"fedavg": Plain, "scaffold": Scaffold, "fednova": FedNova}
 
 
-def as_tensor(payload: bytes) -> torch.Tensor:
-    return (
-        torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-        if payload
-        else torch.empty(0, dtype=torch.uint8)
-    )
+def _fields(obj: object) -> dict[str, Any]:
+    assert dataclasses.is_dataclass(obj)
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
+
+
+def describe(plan: Plan) -> str:
+    """The participant stack's plan as JSON: ``{"algorithm": {...}, "uplink": [...]}``
+    (raises ``SpecError`` for a part a participant process could not rebuild)."""
+    alg = plan.algorithm
+    if _ALGORITHMS.get(alg.kind) is not type(alg):
+        raise SpecError(f"algorithm {alg.kind!r} cannot be sent to participants")
+    uplink = [_describe(t) for t in plan.uplink.transforms]
+    return json.dumps({"algorithm": {"kind": alg.kind, **_fields(alg)}, "uplink": uplink})
+
+
+def rebuild(text: str) -> Plan:
+    """The ``Plan`` that ``describe`` described (raises ``SpecError``)."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise SpecError(f"plan is not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or set(doc) != {"algorithm", "uplink"}:
+        raise SpecError("a plan is an object with exactly 'algorithm' and 'uplink'")
+    a = doc["algorithm"]
+    cls = _ALGORITHMS.get(str(a.get("kind"))) if isinstance(a, dict) else None
+    if cls is None:
+        raise SpecError(f"unknown algorithm {a!r}; known: {sorted(_ALGORITHMS)}")
+    args = {k: v for k, v in a.items() if k != "kind"}
+    allowed = {f.name for f in dataclasses.fields(cls) if f.init}
+    if not set(args) <= allowed or not all(isinstance(v, _SCALARS) for v in args.values()):
+        raise SpecError(f"{a['kind']}: fields {sorted(args)} not among {sorted(allowed)}")
+    try:
+        algorithm = cls(**args)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{a['kind']}: {exc}") from exc
+    return Plan(parse(json.dumps(doc["uplink"])), algorithm)
