@@ -33,6 +33,7 @@ from fedforge.aggregate import (
     TrimmedMean,
     WeightedMean,
 )
+from fedforge.algorithms import Algorithm, FedNova, Plain, Scaffold
 from fedforge.backends import Backend, Processes, Sequential
 from fedforge.client import TorchClient, adam, central_evaluator, classification, regression, sgd
 from fedforge.client.tasks import Task
@@ -216,6 +217,17 @@ def server_optimizer(cfg: C.ServerOptConfig) -> ServerOptimizerSpec:
         "fedadagrad": FedAdagrad,
     }
     return table[cfg.name](**fields)
+
+
+def algorithm(cfg: C.ExperimentConfig) -> Algorithm:
+    """``server.algorithm`` with the local step settings it needs from ``[client]``
+    (the config validated that they fit)."""
+    a, c = cfg.server.algorithm, cfg.client
+    if a == "scaffold":
+        return Scaffold(c.lr)
+    if a == "fednova":
+        return FedNova(c.momentum)
+    return Plain()
 
 
 def _client_optimizer(cfg: C.ClientConfig) -> Any:
@@ -414,6 +426,7 @@ def build_server(
                 else None
             ),
             eval_plan=EvalPlan(every=s.eval_every, federated=fed),
+            algorithm=algorithm(cfg),
             pipeline=build_pipeline(cfg.compression.uplink, "compression.uplink"),
             broadcast=(
                 Broadcast(

@@ -135,3 +135,29 @@ def test_scaffold_refuses_a_client_without_corrected_steps():
     )
     history = server.run({"a": _Steps(1.0, 2, 10)}, 1, progress=False)
     assert "fit_corrected" in history.last["failed"]["a"]
+
+
+def test_the_algorithm_is_chosen_in_the_config():
+    from fedforge import config as C
+    from fedforge.experiment import build
+
+    base = {
+        "data": {"dataset": "breast_cancer", "num_clients": 4},
+        "model": {"name": "logistic"},
+        "client": {"lr": 0.1, "epochs": 2},
+        "server": {"rounds": 2, "clients_per_round": 4, "algorithm": "scaffold"},
+    }
+    sim = build(C.validate(base))
+    assert sim.server.algorithm == Scaffold(0.1)
+    history = sim.server.run(sim.clients, 2, progress=False)
+    assert history.last["aggregated"] == 4 and history.last["central_accuracy"] > 0.8
+    assert any("@scaffold" in k for k in sim.server.participant_state())
+    base["server"]["algorithm"] = "fednova"
+    assert build(C.validate(base)).server.algorithm == FedNova(0.0)
+    base["client"]["optimizer"] = "adam"
+    with pytest.raises(C.ConfigError, match="needs client.optimizer = 'sgd'"):
+        C.validate(base)
+    base["client"] = {"momentum": 0.9}
+    base["server"]["algorithm"] = "scaffold"
+    with pytest.raises(C.ConfigError, match="client.momentum = 0"):
+        C.validate(base)

@@ -299,6 +299,10 @@ AggregatorConfig = Annotated[
 
 
 class ServerConfig(_Strict):
+    # the round's hooks (fedforge.algorithms): plain averaging (FedAvg; FedProx with
+    # client.prox_mu), SCAFFOLD (control variates; needs local SGD without momentum) or
+    # FedNova (normalized averaging for unequal local step counts)
+    algorithm: Literal["fedavg", "scaffold", "fednova"] = "fedavg"
     rounds: int = Field(20, ge=1)
     clients_per_round: int | None = Field(10, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)
@@ -440,6 +444,28 @@ class ExperimentConfig(_Strict):
     compression: CompressionConfig = CompressionConfig()
     privacy: PrivacyConfig | None = None  # None: no differential privacy
     secagg: SecAggSection | None = None  # None: the server sees each update
+
+    @model_validator(mode="after")
+    def _algorithm_composes(self) -> ExperimentConfig:
+        a, c = self.server.algorithm, self.client
+        if a == "fedavg":
+            return self
+        if c.optimizer != "sgd":
+            raise ValueError(
+                f"server.algorithm: {a!r} needs client.optimizer = 'sgd' (its math is local "
+                f"SGD's), got {c.optimizer!r}"
+            )
+        if a == "scaffold" and c.momentum:
+            raise ValueError(
+                "server.algorithm: 'scaffold' needs client.momentum = 0 (its control variates "
+                "assume plain local SGD steps)"
+            )
+        if self.secagg is not None or self.privacy is not None:
+            raise ValueError(
+                f"server.algorithm: {a!r} cannot be combined with [secagg] or [privacy] yet: "
+                "both fold only the model's update, not the algorithm's extras"
+            )
+        return self
 
     @model_validator(mode="after")
     def _secagg_composes(self) -> ExperimentConfig:
