@@ -44,7 +44,7 @@ def fedforge(args: Sequence[str], log: Path, threads: int = 1) -> subprocess.Pop
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     f = open(log, "wb")  # noqa: SIM115 - the child owns it for its lifetime
     return subprocess.Popen(
-        [sys.executable, "-m", "fedforge.transport.cli_commands", *args],
+        [sys.executable, "-m", "fedforge.cli", *args],
         stdout=f,
         stderr=subprocess.STDOUT,
         env=env,
@@ -169,8 +169,8 @@ def serve_participants(
     import threading
 
     from fedforge import config as C
+    from fedforge.cli.deploy import parse_ids
     from fedforge.experiment import build
-    from fedforge.transport.cli_commands import parse_ids
     from fedforge.transport.participant import Backoff, connect
 
     sim = build(C.validate(C.apply_overrides({}, list(sets))))
