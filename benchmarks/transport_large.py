@@ -19,7 +19,6 @@ import torch
 
 from fedforge.client.types import RoundInfo
 from fedforge.transport import Registry, TransportServer
-from fedforge.transport.testing import wait_until
 
 _PARTICIPANT = r"""
 import sys, torch
@@ -62,7 +61,8 @@ def run(gib: float, pieces: int = 3) -> dict[str, float]:
     size = sum(v.numel() * 4 for v in params.values())
     server_base = _hwm_mb()
     try:
-        wait_until(lambda: "big" in registry, 120, "participant")
+        if registry.wait_for(1, 120) < 1:  # "big" is the one participant allowed
+            raise TimeoutError("timed out after 120 s waiting for participant")
         t0 = time.perf_counter()
         res = registry["big"].evaluate(params, RoundInfo(1, 0))
         seconds = time.perf_counter() - t0

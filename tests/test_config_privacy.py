@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from grpc_helpers import overrides, run_cli_federation
 
 from fedforge import config as C
 from fedforge.cli import main
 from fedforge.experiment import build
 from fedforge.privacy import DPFedAvg, FixedSizeSampling, PrivacyAccountant, epsilon
-from fedforge.transport.testing import overrides, run_cli_federation
 
 BASE = [
     "data.dataset=breast_cancer",

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from grpc_helpers import overrides, run_cli_federation
 
 from fedforge import config as C
 from fedforge.experiment import build
 from fedforge.secagg import SecureAggregator
 from fedforge.secagg.graph import Complete, Sparse
-from fedforge.transport.testing import overrides, run_cli_federation
 
 BASE = [
     "data.dataset=breast_cancer",

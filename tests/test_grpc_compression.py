@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from grpc_helpers import overrides, run_cli_federation
 
 from fedforge import config as C
 from fedforge.client.types import FitResult, RoundInfo
@@ -26,7 +27,6 @@ from fedforge.transforms import (
 from fedforge.transport import uplink as up
 from fedforge.transport.chunks import Payload
 from fedforge.transport.registry import Registry
-from fedforge.transport.testing import overrides, run_cli_federation
 
 PIPELINES = {
     "quantize8+zstd": "[{kind: quantize, bits: 8}, {kind: zstd}]",

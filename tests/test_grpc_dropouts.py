@@ -7,11 +7,12 @@ from __future__ import annotations
 import threading
 import time
 
+from grpc_helpers import participants_process, wait_until
+
 from fedforge import config as C
 from fedforge.backends.grpc_backend import GrpcBackend
 from fedforge.experiment import build
 from fedforge.transport import Quorum, Registry, TransportServer
-from fedforge.transport.testing import participants_process, wait_until
 
 SETS = [
     "data.dataset=breast_cancer",

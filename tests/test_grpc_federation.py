@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import torch
+from grpc_helpers import overrides, run_cli_federation
 
 from fedforge import config as C
 from fedforge.experiment import build
-from fedforge.transport.testing import overrides, run_cli_federation
 
 
 def test_server_and_participant_processes_match_the_simulation(tmp_path):

@@ -12,6 +12,7 @@ from concurrent import futures
 import grpc
 import pytest
 import torch
+from grpc_helpers import ConstantClient, Slow, wait_until
 
 from fedforge.backends.base import ClientFailure
 from fedforge.backends.grpc_backend import GrpcBackend
@@ -22,7 +23,6 @@ from fedforge.transport.codec import parse_specs
 from fedforge.transport.proto import fedforge_pb2 as pb
 from fedforge.transport.proto import fedforge_pb2_grpc as pb_grpc
 from fedforge.transport.service import PROTOCOL
-from fedforge.transport.testing import ConstantClient, Slow, wait_until
 
 HONEST = ["h0", "h1", "h2"]
 SERVER_CASES = 2000

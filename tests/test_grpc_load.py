@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 import torch
+from grpc_helpers import constant_participants_process, wait_until
 
 from fedforge.backends.grpc_backend import GrpcBackend
 from fedforge.client.types import FitResult, RoundInfo
 from fedforge.transport import Registry, TransportServer
-from fedforge.transport.testing import constant_participants_process, wait_until
 
 N = 100
 

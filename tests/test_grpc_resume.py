@@ -9,12 +9,7 @@ import signal
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from fedforge import config as C
-from fedforge.experiment import build
-from fedforge.server import checkpoint as ckpts
-from fedforge.transport.testing import (
+from grpc_helpers import (
     fedforge,
     only_run_dir,
     overrides,
@@ -23,6 +18,11 @@ from fedforge.transport.testing import (
     set_args,
     wait_until,
 )
+from safetensors.torch import load_file
+
+from fedforge import config as C
+from fedforge.experiment import build
+from fedforge.server import checkpoint as ckpts
 
 
 @pytest.mark.slow  # ~100-150 s on 2 busy cores: three process start-ups

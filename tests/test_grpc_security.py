@@ -9,6 +9,7 @@ import threading
 import grpc
 import pytest
 import torch
+from grpc_helpers import ConstantClient, wait_until
 
 from fedforge.client.types import RoundInfo
 from fedforge.transport import (
@@ -27,7 +28,6 @@ from fedforge.transport.chunks import Payload, frames
 from fedforge.transport.proto import fedforge_pb2 as pb
 from fedforge.transport.proto import fedforge_pb2_grpc as pb_grpc
 from fedforge.transport.service import PROTOCOL
-from fedforge.transport.testing import ConstantClient, wait_until
 
 IDS = ["alice", "bob", "carol"]
 

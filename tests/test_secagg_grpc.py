@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from grpc_helpers import participants_process, wait_until
 
 from fedforge import config as C
 from fedforge.aggregate import WeightedMean
@@ -31,7 +32,6 @@ from fedforge.secagg.fixedpoint import FixedPoint
 from fedforge.server import Server
 from fedforge.transport import Registry, TransportServer
 from fedforge.transport.secagg import MASKED, GrpcSecAgg
-from fedforge.transport.testing import participants_process, wait_until
 
 CFG = SecAggConfig(fixed=FixedPoint(clip=10.0, max_weight=1000.0))
 

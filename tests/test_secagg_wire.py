@@ -8,6 +8,7 @@ import threading
 
 import pytest
 import torch
+from grpc_helpers import wait_until
 
 from fedforge.aggregate import Mean, WeightedMean
 from fedforge.backends import Sequential
@@ -31,7 +32,6 @@ from fedforge.transport import Backoff, Registry, TransportServer, connect
 from fedforge.transport.chunks import Payload
 from fedforge.transport.proto import fedforge_pb2 as pb
 from fedforge.transport.secagg import GrpcSecAgg, RoundSetup, SecAggSide, setup_message
-from fedforge.transport.testing import wait_until
 from tests.conftest import classifier_federation, make_server
 
 FIXED = FixedPoint(clip=10.0, max_weight=1000.0)

@@ -54,13 +54,13 @@ from fedforge.backends.schedule import client_schedule, schedule, step_count
 from fedforge.backends.vmap_sgd import (
     _CLASS_INDEX_LOSSES,
     _ELEMENTWISE_LOSSES,
-    PerExampleLoss,
     RowBlock,
     _arena,
     _deltas,
     _gather,
     _Hyper,
     _make_step,
+    _ModelGroup,
     _per_example_loss,
     _row_block,
     _row_buffer,
@@ -108,21 +108,6 @@ def _signature(client: TorchClient) -> tuple[object, ...]:
         client.batch_size,
         client.prox_mu,
     )
-
-
-@dataclass
-class _ModelGroup:
-    """A shared module and what the vectorized step needs to know about it."""
-
-    model: nn.Module
-    trainable: tuple[str, ...]
-    frozen: tuple[str, ...]
-    dtypes: dict[str, torch.dtype]  # each parameter's own: load_into casts to it
-    dtype: torch.dtype  # the first parameter's: batch weights and losses use it
-    device: torch.device
-    per_example: PerExampleLoss | None = None
-    loss_fn: Callable[..., Tensor] | None = None
-    unsupported: str | None = None  # set once the probe refused the model
 
 
 def _sgd_hyper(client: TorchClient, model: nn.Module) -> _Hyper | str:

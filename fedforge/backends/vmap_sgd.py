@@ -12,17 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from fedforge.params import Params
-
-if TYPE_CHECKING:
-    from fedforge.backends.vectorized import _ModelGroup
 
 PerExampleLoss = Callable[[Tensor, Tensor], Tensor]
 
@@ -93,6 +90,21 @@ class _Hyper:
     nesterov: bool
     maximize: bool
     prox_mu: float
+
+
+@dataclass
+class _ModelGroup:
+    """A shared module and what the vectorized step needs to know about it."""
+
+    model: nn.Module
+    trainable: tuple[str, ...]
+    frozen: tuple[str, ...]
+    dtypes: dict[str, torch.dtype]  # each parameter's own: load_into casts to it
+    dtype: torch.dtype  # the first parameter's: batch weights and losses use it
+    device: torch.device
+    per_example: PerExampleLoss | None = None
+    loss_fn: Callable[..., Tensor] | None = None
+    unsupported: str | None = None  # set once the probe refused the model
 
 
 class StepFn(Protocol):

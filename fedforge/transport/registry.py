@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from fedforge.backends.base import ClientFailure
 from fedforge.client.types import EvalResult, FitResult, RoundInfo
@@ -32,9 +32,6 @@ from fedforge.params import ClientId, Params
 from fedforge.transport.chunks import Payload
 from fedforge.transport.codec import Layout, WireError
 from fedforge.transport.proto import fedforge_pb2 as pb
-
-if TYPE_CHECKING:
-    from fedforge.transport.secagg import GrpcSecAgg
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +47,26 @@ class SecAggAnswer:
 
 
 Outcome = FitResult | EvalResult | SecAggAnswer | ClientFailure
+
+
+class MaskedRound(Protocol):
+    """The open secure aggregation round, as a fit task sees it (``secagg.RemoteRound``)."""
+
+    template: Layout  # what a masked input must look like
+
+    def fit_request(self, cid: ClientId) -> tuple[pb.SecAggRequest | None, str | None]:
+        """The masked-input request for ``cid``'s fit, or ``None`` and why not."""
+        ...
+
+    def receive(self, cid: ClientId, result: FitResult) -> str | None:
+        """Take ``cid``'s masked input; a reason if it is refused."""
+        ...
+
+
+class SecAggChannel(Protocol):
+    """What the registry holds of secure aggregation (``secagg.GrpcSecAgg``)."""
+
+    def round_for(self, round_: int) -> MaskedRound | None: ...
 
 
 class Refusal(WireError):
@@ -144,7 +161,7 @@ class Registry(Mapping[ClientId, RemoteClient]):
         self._tasks: dict[str, Task] = {}
         self.counters: dict[ClientId, Counters] = {}
         self.finished: str | None = None
-        self.secagg: GrpcSecAgg | None = None  # set by the secure aggregation channel
+        self.secagg: SecAggChannel | None = None  # set by the secure aggregation channel
 
     # --- the Mapping: who is connected now ---------------------------------------------
 

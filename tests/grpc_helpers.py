@@ -1,4 +1,8 @@
-"""Helpers for transport tests and benchmarks: a small federation, CLI processes, waits."""
+"""Helpers for the gRPC tests: a small federation, CLI processes, waits.
+
+The participant processes import this module by name, so they get this folder on
+their ``PYTHONPATH`` (``_child_env``).
+"""
 
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ def fedforge(args: Sequence[str], log: Path, threads: int = 1) -> subprocess.Pop
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     f = open(log, "wb")  # noqa: SIM115 - the child owns it for its lifetime
     return subprocess.Popen(
-        [sys.executable, "-m", "fedforge.transport.cli_commands", *args],
+        [sys.executable, "-m", "fedforge.cli", *args],
         stdout=f,
         stderr=subprocess.STDOUT,
         env=env,
@@ -169,8 +173,8 @@ def serve_participants(
     import threading
 
     from fedforge import config as C
+    from fedforge.cli.deploy import parse_ids
     from fedforge.experiment import build
-    from fedforge.transport.cli_commands import parse_ids
     from fedforge.transport.participant import Backoff, connect
 
     sim = build(C.validate(C.apply_overrides({}, list(sets))))
@@ -190,15 +194,24 @@ def serve_participants(
         t.join()
 
 
+def _child_env() -> dict[str, str]:
+    """The environment of a ``python -c`` child that imports this module: one torch thread,
+    unbuffered output, and this folder first on ``PYTHONPATH``."""
+    path = os.pathsep.join(
+        p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p
+    )
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=path)
+
+
 def participants_process(
     address: str, sets: Sequence[str], ids: str, delay: float, log: Path
 ) -> subprocess.Popen[bytes]:
     code = (
         "import logging, sys; logging.basicConfig(level=logging.INFO);"
-        "from fedforge.transport.testing import serve_participants as s;"
+        "from grpc_helpers import serve_participants as s;"
         "s(sys.argv[1], sys.argv[4:], [sys.argv[2]], float(sys.argv[3]))"
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = _child_env()
     f = open(log, "wb")  # noqa: SIM115 - the child owns it
     return subprocess.Popen(
         [sys.executable, "-c", code, address, ids, str(delay), *sets],
@@ -216,14 +229,14 @@ def constant_participants_process(
     code = (
         "import sys, threading;"
         "from fedforge.transport import connect, Backoff;"
-        "from fedforge.transport.testing import ConstantClient;"
+        "from grpc_helpers import ConstantClient;"
         "a, p, n = sys.argv[1], sys.argv[2], int(sys.argv[3]);"
         "ts = [threading.Thread(target=connect, args=(ConstantClient(1.0), a),"
         " kwargs=dict(client_id=f'{p}{i:03d}', insecure=True, backoff=Backoff(first=0.2, cap=2)))"
         " for i in range(n)];"
         "[t.start() for t in ts]; [t.join() for t in ts]"
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = _child_env()
     f = open(log, "wb")  # noqa: SIM115 - the child owns it
     return subprocess.Popen(
         [sys.executable, "-c", code, address, prefix, str(n)],

@@ -1,39 +1,27 @@
-"""The ``fedforge`` command line.
+"""The simulation subcommands: ``fedforge simulate`` and ``fedforge show``.
 
 fedforge simulate [CONFIG] [--set key=value ...]   train a federation in simulation
 fedforge simulate --resume RUN_DIR                 continue an interrupted run
 fedforge show RUN_DIR                              the per-round table of a run
+
+``add_parsers(sub)`` adds them to the ``fedforge`` argument parser; each sets ``func``
+to its handler.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from fedforge.cli.tables import summary_table
 from fedforge.server.history import History, Record
 
-_EXAMPLE = """examples:
-  fedforge simulate                                  # built-in default: Fashion-MNIST CNN
-  fedforge simulate configs/breast_cancer.toml --set server.rounds=5
-  fedforge simulate --resume runs/fashion-mnist-cnn-20261125-101500
-  fedforge show runs/fashion-mnist-cnn-20261125-101500
-"""
 
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="fedforge",
-        description="Federated learning: simulate a federation from a config file.",
-        epilog=_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def add_parsers(sub: Any) -> None:
+    """Add simulate and show to ``sub`` (an argparse subparsers action)."""
     sim = sub.add_parser(
         "simulate",
         help="train a federation in simulation",
@@ -62,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
     )
+    sim.set_defaults(func=_simulate)
 
     show = sub.add_parser(
         "show",
@@ -69,65 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the per-round metrics of a run directory as a table.",
     )
     show.add_argument("run_dir", help="a run directory written by `fedforge simulate`")
-    from fedforge.transport.cli_commands import add_parsers
-
-    add_parsers(sub)  # server, client, certs, status
-    return p
-
-
-_COLUMNS = {  # record key -> short column header
-    "round": "round",
-    "aggregated": "agg",
-    "train_loss": "train loss",
-    "central_loss": "test loss",
-    "central_accuracy": "test acc",
-    "central_mse": "test mse",
-    "federated_accuracy": "fed acc",
-    "epsilon": "epsilon",
-    "bytes_up": "up",
-    "bytes_down": "down",
-    "fit_time_s": "fit s",
-}
-
-
-def _bytes(v: object) -> str:
-    if not isinstance(v, int | float):
-        return ""
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if v >= size:
-            return f"{v / size:.3g} {unit}"
-    return f"{int(v)} B"
-
-
-def _fmt(v: object) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v)
-
-
-def summary_table(history: History, title: str, max_rows: int = 12) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    records = history.records
-    if not records:
-        return
-    keep = records
-    if len(records) > max_rows:
-        step = max(1, len(records) // (max_rows - 1))
-        keep = records[::step]
-        if keep[-1] is not records[-1]:
-            keep = [*keep, records[-1]]
-    cols = [c for c in _COLUMNS if any(c in r for r in records)]
-    table = Table(title=title)
-    for c in cols:
-        table.add_column(_COLUMNS[c], justify="right")
-    table.add_column("dropped", justify="right")
-    for r in keep:
-        dropped = len(r.get("failed", {})) + len(r.get("rejected", {}))
-        cells = [_bytes(r.get(c)) if c.startswith("bytes") else _fmt(r.get(c)) for c in cols]
-        table.add_row(*cells, str(dropped))
-    Console(stderr=False).print(table)
+    show.set_defaults(func=_show)
 
 
 def _read_history(run_dir: Path) -> History:
@@ -205,42 +136,3 @@ def _show(args: argparse.Namespace) -> int:
     summary_table(history, str(run_dir), max_rows=10_000)
     _print_reputation(history)
     return 0
-
-
-_LAST_COMMAND: str | None = None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from fedforge.config import ConfigError
-
-    args = _parser().parse_args(argv)
-    global _LAST_COMMAND
-    _LAST_COMMAND = args.command
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    handlers = {"simulate": _simulate, "show": _show}
-    try:
-        if args.command in handlers:
-            return handlers[args.command](args)
-        return int(args.func(args))
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"fedforge: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fedforge: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
-        return 130
-
-
-def entry() -> None:
-    """The ``fedforge`` console script: ``main``, then exit (see ``exit_after_client``)."""
-    from fedforge.transport.cli_commands import exit_after_client
-
-    code = main()
-    exit_after_client(_LAST_COMMAND, code)
-    sys.exit(code)
-
-
-if __name__ == "__main__":
-    entry()

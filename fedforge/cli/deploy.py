@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedforge.cli.tables import summary_table
+
 log = logging.getLogger(__name__)
 
 
@@ -223,8 +225,6 @@ def run_server(args: argparse.Namespace) -> int:
     finally:
         live.stop("stopped" if sim.server.stopped else "finished")
         server.stop()
-    from fedforge.cli import summary_table
-
     summary_table(history, f"{cfg.name}: {len(history)} rounds")
     if sim.server.stopped:
         print(f"stopped early: {sim.server.stopped}", file=sys.stderr)
@@ -317,30 +317,6 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
-_LAST_COMMAND: str | None = None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the four subcommands without the main ``fedforge`` entry point."""
-    from fedforge.config import ConfigError
-
-    p = argparse.ArgumentParser(prog="fedforge")
-    p.add_argument("-v", "--verbose", action="store_true")
-    add_parsers(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    global _LAST_COMMAND
-    _LAST_COMMAND = args.command
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return int(args.func(args))
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"fedforge: error: {exc}", file=sys.stderr)
-        return 2
-
-
 def exit_after_client(command: str | None, code: int) -> None:
     """Leave a finished ``fedforge client`` process without interpreter teardown.
 
@@ -356,9 +332,3 @@ def exit_after_client(command: str | None, code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-if __name__ == "__main__":
-    _code = main()
-    exit_after_client(_LAST_COMMAND, _code)
-    sys.exit(_code)
