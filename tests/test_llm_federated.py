@@ -197,7 +197,7 @@ def test_update_of_another_rank_is_left_out_with_what_to_do(blocks):
     rec = server.run(clients, rounds=1, progress=False).last
     assert rec["aggregated"] == 2
     reason = rec["rejected"]["IAGO"]
-    assert "wrong structure" in reason and "FloraSimulation" in reason
+    assert "wrong structure" in reason and "fedforge.llm.Flora" in reason
 
 
 def test_stateful_participant_resumes_its_adamw_state_and_others_are_unaffected(blocks):

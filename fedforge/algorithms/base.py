@@ -7,8 +7,10 @@ The ``Server``'s round (``fedforge.server``) calls, in order:
     local      on the participant, in its stack: how ``Client.fit`` is run and what the
                upload adds beside the update (SCAFFOLD's control-variate delta, FedNova's
                step count), with the participant's own persistent ``state``
-    aggregate  the server's aggregator folds the update and the extras alike
-               (``extras`` names them, so validation and accumulators know the layout)
+    aggregate  the server's aggregator folds the update and the algorithm's extras alike
+               (``layout`` gives an upload's tensors, so validation and accumulators know
+               them; None where each participant's layout is its own, FLoRA's ranks, and
+               the algorithm's ``check`` validates an upload instead)
     finalize   the aggregate becomes the model step and the next algorithm state
 
 ``Plain`` (FedAvg, FedProx: the client decides) is the identity at every hook. The server optimizer (``fedforge.optim``) then
@@ -26,6 +28,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 from torch import Tensor
 
 from fedforge.client.types import Client, FitResult, RoundInfo
+from fedforge.client.validation import check_update
 from fedforge.params import Params
 
 AlgoState = MutableMapping[str, Tensor]
@@ -42,14 +45,19 @@ class Algorithm(Protocol):
         """What participants receive beside the parameters (names ``<kind>/...``)."""
         ...
 
-    def extras(self, params: Params) -> Params:
-        """The tensors an upload carries beside the update, as zeros (the layout)."""
+    def layout(self, params: Params) -> Params | None:
+        """An upload's tensors (the update's and the algorithm's extras, any values), or
+        None when each participant's upload has a layout of its own."""
+        ...
+
+    def check(self, result: FitResult, params: Params) -> str | None:
+        """Why an upload must be left out, or None: ``check_update`` against ``layout``."""
         ...
 
     def local(
         self, client: Client, params: Params, received: Params, info: RoundInfo, state: AlgoState
     ) -> FitResult:
-        """The participant's side: run ``client`` and return the update plus ``extras``."""
+        """The participant's side: run ``client`` and return the update plus the extras."""
         ...
 
     def finalize(
@@ -86,8 +94,11 @@ class Plain:
     def broadcast(self, state: Params) -> Params:
         return {}
 
-    def extras(self, params: Params) -> Params:
-        return {}
+    def layout(self, params: Params) -> Params | None:
+        return params
+
+    def check(self, result: FitResult, params: Params) -> str | None:
+        return check_update(result, params)
 
     def local(
         self, client: Client, params: Params, received: Params, info: RoundInfo, state: AlgoState

@@ -22,6 +22,7 @@ import torch
 
 from fedforge.algorithms.base import AlgoState
 from fedforge.client.types import Client, FitResult, RoundInfo
+from fedforge.client.validation import check_update
 from fedforge.params import Params
 
 _A = "fednova/a"
@@ -43,8 +44,11 @@ class FedNova:
     def broadcast(self, state: Params) -> Params:
         return {}
 
-    def extras(self, params: Params) -> Params:
-        return {_A: torch.zeros(())}
+    def layout(self, params: Params) -> Params | None:
+        return {**params, _A: torch.zeros(())}
+
+    def check(self, result: FitResult, params: Params) -> str | None:
+        return check_update(result, {**params, _A: torch.zeros(())})
 
     def norm(self, steps: float) -> float:
         """a_i for ``steps`` local steps."""

@@ -24,6 +24,7 @@ import torch
 
 from fedforge.algorithms.base import AlgoState, CorrectedClient
 from fedforge.client.types import Client, FitResult, RoundInfo
+from fedforge.client.validation import check_update
 from fedforge.params import Params
 
 _C = "scaffold/"
@@ -45,8 +46,13 @@ class Scaffold:
     def broadcast(self, state: Params) -> Params:
         return dict(state)
 
-    def extras(self, params: Params) -> Params:
-        return self.init_state(params)
+    def layout(self, params: Params) -> Params | None:
+        return {**params, **self.init_state(params)}
+
+    def check(self, result: FitResult, params: Params) -> str | None:
+        layout = self.layout(params)
+        assert layout is not None
+        return check_update(result, layout)
 
     def local(
         self, client: Client, params: Params, received: Params, info: RoundInfo, state: AlgoState

@@ -82,9 +82,9 @@ class GrpcBackend:
             self._uplink = None if plan.identity else up.describe(plan)
         except up.SpecError as exc:
             raise ValueError(
-                f"this federation's uplink cannot run on gRPC participants: {exc}; every "
-                "uplink stage runs in the participant's own process, so use transforms "
-                f"from {up.kinds()}"
+                f"this federation's participant plan cannot run on gRPC participants: {exc}; "
+                "every stage of a participant's stack runs in its own process, so use "
+                f"transforms from {up.kinds()} and algorithms from {up.algorithms()}"
             ) from None
 
     def _run(

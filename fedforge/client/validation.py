@@ -27,7 +27,7 @@ def check_update(result: FitResult, template: Params) -> str | None:
         if any(".lora_" in k for k in update):
             why += (
                 "; an adapter of another rank or shape needs an aggregator for heterogeneous "
-                "ranks (FLoRA stacking), or give every "
+                "ranks (FLoRA stacking: fedforge.llm.Flora with LoraStacking), or give every "
                 "participant the global LoraSpec"
             )
         return f"wrong structure: {why}"

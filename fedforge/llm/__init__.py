@@ -34,7 +34,7 @@ from fedforge.llm.client import (
     local_train,
     sgd,
 )
-from fedforge.llm.flora import FloraParticipant, FloraSimulation, ranks_cycle
+from fedforge.llm.flora import Flora, FloraBase, FloraClient, LoraStacking, ranks_cycle
 from fedforge.llm.instruct import (
     Exchange,
     dialogue_exchanges,
@@ -61,12 +61,14 @@ from fedforge.llm.tiny import byte_tokenizer, tiny_llama
 
 __all__ = [
     "Exchange",
-    "FloraParticipant",
-    "FloraSimulation",
+    "Flora",
+    "FloraBase",
+    "FloraClient",
     "LLMClient",
     "LocalTraining",
     "LoraFactors",
     "LoraSpec",
+    "LoraStacking",
     "TokenBlocks",
     "adamw",
     "adapter_evaluator",

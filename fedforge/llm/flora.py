@@ -1,189 +1,222 @@
-"""FLoRA rounds in simulation: heterogeneous ranks, stacking, merge into one shared base.
+"""FLoRA through the core ``Server``: heterogeneous ranks, exact stacking, merge into the base.
 
 Wang et al. 2024, "FLoRA: Federated Fine-Tuning Large Language Models with
-Heterogeneous Low-Rank Adaptations" (NeurIPS). Each round:
+Heterogeneous Low-Rank Adaptations" (NeurIPS). As round hooks:
 
-1. every sampled participant ``k`` starts a *fresh* LoRA adapter of its own
-   rank ``r_k`` (A random, B zero) on the current global model and trains it;
-2. it uploads ``(A_k, B_k)``: ``r_k * (in + out)`` numbers per target module;
-3. the server stacks them (``stack_lora``), so that
-   ``B @ A = sum_k p_k s_k B_k @ A_k`` with ``p_k`` the token share and
-   ``s_k = alpha / r_k`` LoRA's scaling, exactly;
-4. the stacked factors go back to the participants, who merge ``B @ A`` into
-   their base weights; the next round starts from there.
+- the global state is the *target modules' base weights* ``W`` (``FloraBase.targets``);
+  it is what the server sends out and what FLoRA changes each round;
+- each sampled participant ``k`` (a ``FloraClient``) loads ``W`` into its base, starts a
+  *fresh* adapter of its own rank ``r_k`` (A seeded from its round seed, B zero), trains
+  it, and uploads ``(A_k, s_k B_k)``: ``r_k * (in + out)`` numbers per module, with
+  ``s_k = alpha / r_k`` LoRA's scaling folded into B;
+- the server's ``LoraStacking`` aggregator stacks them per module (``stack_adapters``), so
+  that ``B @ A = sum_k p_k s_k B_k @ A_k`` exactly (``p_k`` the token share), and returns
+  that product as the model step; the server optimizer (FedAvg, lr 1) adds it to ``W``;
+- ``Flora`` (the algorithm) checks each upload: ranks differ by design, so it validates
+  the factors' shapes against ``W`` instead of one fixed layout.
 
-How one base model per process is kept: all participants of the simulation
-share one ``PeftModel`` wrapped around the base, holding one adapter *per
-distinct rank* (named ``rank<r>``). A participant activates the adapter of its
-rank and re-initialises it from its round seed before training, so nothing
-of another participant's training leaks in. Step 4 happens once per round for
-the whole process: the stacked ``B @ A`` is added in place to the shared base
-layers' weights. The base is therefore *modified*: load a fresh copy to get
-the pretrained model back. The global model is the base with adapters
-disabled.
-
-This loop does not go through the core ``Server``: it validates every update
-against one fixed parameter structure, which heterogeneous ranks break by design.
+One base model per process: the participants of a simulation share one ``FloraBase`` (a
+PEFT model holding one adapter per distinct rank, ``rank<r>``); a participant activates the
+adapter of its rank and re-initialises it before training, so nothing of another
+participant's training leaks in. Over gRPC each participant process holds its own.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from fedforge.algorithms.base import AlgoState
+from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
 from fedforge.llm.adapters import LoraSpec, adapter_params, check_targets, lora_config
-from fedforge.llm.aggregation import LoraFactors, stack_adapters
+from fedforge.llm.aggregation import lora_pairs, stack_adapters
 from fedforge.llm.client import LocalTraining, local_train
-from fedforge.params import ClientId, Params, num_bytes
-from fedforge.seeding import derive_seed
-from fedforge.server.sampler import Sampler
+from fedforge.llm.text import mean_nll, predicted_tokens
+from fedforge.params import ClientId, Params, tensor_is_finite
 
-__all__ = ["FloraParticipant", "FloraSimulation", "ranks_cycle"]
+__all__ = ["Flora", "FloraBase", "FloraClient", "LoraStacking", "ranks_cycle"]
 
-GlobalEval = Callable[[nn.Module], float]
-
-
-@dataclass(frozen=True)
-class FloraParticipant:
-    """A participant's token blocks ``(blocks, seq_len)`` and its LoRA rank."""
-
-    train: Tensor
-    rank: int
-
-    def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
-            raise ValueError(f"FLoRA participant rank must be an integer >= 1, got {self.rank!r}")
-        if self.train.dim() != 2 or self.train.shape[0] == 0:
-            raise ValueError(
-                f"need >= 1 training block (blocks, seq_len), got {list(self.train.shape)}"
-            )
+_W = ".weight"
 
 
-@dataclass
-class FloraSimulation:
-    """Runs FLoRA rounds over participants that share ``base`` (modified in place).
+class FloraBase:
+    """A base model shared by a process's FLoRA participants, wrapped once by PEFT."""
 
-    ``spec`` gives alpha, dropout, target modules and the seed; its rank is
-    replaced by each participant's own.
-    """
-
-    base: nn.Module
-    spec: LoraSpec
-    training: LocalTraining
-    sampler: Sampler
-    seed: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    _peft: Any = None
-
-    def __post_init__(self) -> None:
-        check_targets(self.base, self.spec)
-        if not self.spec.train_a:
+    def __init__(self, base: nn.Module, spec: LoraSpec) -> None:
+        if not spec.train_a:
             raise ValueError("FLoRA trains A and B; use LoraSpec(train_a=True)")
-
-    # --- the shared model ----------------------------------------------------------------
-
-    @property
-    def model(self) -> nn.Module:
-        """The shared model (PEFT-wrapped once a round has run)."""
-        return self._peft if self._peft is not None else self.base
-
-    def _activate(self, rank: int, seed: int) -> None:
-        """Activate the rank-``rank`` adapter, freshly initialised from ``seed``."""
+        check_targets(base, spec)
         from peft import get_peft_model
+
+        self.spec = spec
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            name = f"rank{spec.rank}"
+            self.model: Any = get_peft_model(base, lora_config(spec), adapter_name=name)
+        self.modules = sorted(lora_pairs(adapter_params(self.model)))  # PEFT module paths
+
+    def _weight(self, module: str) -> nn.Parameter:
+        w: nn.Parameter = self.model.get_submodule(module).get_base_layer().weight
+        return w
+
+    def targets(self) -> Params:
+        """The target modules' base weights ``{<module>.weight: W (out, in)}``."""
+        return {m + _W: self._weight(m).detach().clone() for m in self.modules}
+
+    def load_targets(self, params: Params) -> None:
+        """Make the base's target weights ``params`` (the global model of this round)."""
+        if set(params) != {m + _W for m in self.modules}:
+            raise ValueError("FLoRA params must be exactly this base's target weights")
+        with torch.no_grad():
+            for m in self.modules:
+                w = self._weight(m)
+                w.copy_(params[m + _W].to(w.dtype))
+
+    def activate(self, rank: int, seed: int) -> None:
+        """Activate the rank-``rank`` adapter, freshly initialised from ``seed``."""
         from peft.tuners.lora import LoraLayer
 
         name = f"rank{rank}"
-        config = lora_config(replace(self.spec, rank=rank))
-        if self._peft is None:
-            self._peft = get_peft_model(self.base, config, adapter_name=name)
-        elif name not in self._peft.peft_config:
-            self._peft.add_adapter(name, config)
-        self._peft.set_adapter(name)
+        if name not in self.model.peft_config:
+            self.model.add_adapter(name, lora_config(replace(self.spec, rank=rank)))
+        self.model.set_adapter(name)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            for module in self._peft.modules():
+            for module in self.model.modules():
                 if isinstance(module, LoraLayer) and name in module.lora_A:
                     module.reset_lora_parameters(name, True)
 
-    def global_eval(self, fn: GlobalEval) -> float:
-        """``fn`` on the global model: the base with every merged round, adapters off."""
-        if self._peft is None:
-            return fn(self.base)
-        with self._peft.disable_adapter():
-            return fn(self._peft)
+    def loss(self, blocks: Tensor, labels: Tensor | None = None) -> float:
+        """Mean token loss of the global model (the base, adapters off) on ``blocks``."""
+        with self.model.disable_adapter():
+            return mean_nll(self.model, blocks, labels=labels)
 
-    # --- one participant, one round ------------------------------------------------------
 
-    def fit(self, participant: FloraParticipant, seed: int) -> tuple[Params, float]:
-        """Train a fresh rank-``r_k`` adapter; returns its (A, B) and the train loss."""
-        self._activate(participant.rank, seed)
-        loss = local_train(self._peft, participant.train, self.training, seed)
-        return adapter_params(self._peft), loss
+class FloraClient:
+    """A FLoRA participant: its token blocks and its own LoRA rank, on a shared base."""
 
-    def merge(self, stacked: Mapping[str, LoraFactors]) -> None:
-        """Add each module's ``B @ A`` to the shared base weight, in place."""
-        assert self._peft is not None
-        with torch.no_grad():
-            for module_name, f in stacked.items():
-                layer = self._peft.get_submodule(module_name)
-                weight = layer.get_base_layer().weight  # (out, in)
-                weight.add_((f.b @ f.a).to(weight.dtype))
-
-    # --- the round loop ------------------------------------------------------------------
-
-    def run_round(self, participants: Mapping[ClientId, FloraParticipant]) -> dict[str, Any]:
-        r = len(self.history) + 1
-        sampled = self.sampler.sample(r, list(participants))
-        uploads: list[tuple[Params, float]] = []
-        losses: list[tuple[float, int]] = []
-        for cid in sampled:
-            p = participants[cid]
-            params, loss = self.fit(p, derive_seed(self.seed, "flora-fit", r, cid))
-            scaling = self.spec.alpha / p.rank
-            # Fold LoRA's alpha / r_k into B_k, so that the stacked product is the update.
-            scaled = {k: v * scaling if ".lora_B." in k else v for k, v in params.items()}
-            uploads.append((scaled, float(p.train.numel())))
-            losses.append((loss, int(p.train.numel())))
-        total = sum(w for _, w in uploads)
-        stacked = stack_adapters([(u, w / total) for u, w in uploads])
-        self.merge(stacked)
-        stacked_bytes = sum(num_bytes({"a": f.a, "b": f.b}) for f in stacked.values())
-        record: dict[str, Any] = {
-            "round": r,
-            "sampled": len(sampled),
-            "ranks": [participants[c].rank for c in sampled],
-            "bytes_up": sum(num_bytes(u) for u, _ in uploads),
-            # The stacked factors go to every participant of the next round.
-            "bytes_down_per_participant": stacked_bytes,
-            "train_loss": sum(loss * n for loss, n in losses) / sum(n for _, n in losses),
-        }
-        self.history.append(record)
-        return record
-
-    def run(
+    def __init__(
         self,
-        participants: Mapping[ClientId, FloraParticipant],
-        rounds: int,
-        evaluate: GlobalEval | None = None,
-    ) -> list[dict[str, Any]]:
-        if rounds < 1:
-            raise ValueError(f"rounds must be >= 1, got {rounds}")
-        self.sampler.check(len(participants))
-        for _ in range(rounds):
-            record = self.run_round(participants)
-            if evaluate is not None:
-                loss = self.global_eval(evaluate)
-                record["global_loss"] = loss
-                record["global_perplexity"] = math.exp(loss)
-        return self.history
+        base: FloraBase,
+        train: Tensor,
+        rank: int,
+        *,
+        training: LocalTraining | None = None,
+        held_out: Tensor | None = None,
+    ) -> None:
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+            raise ValueError(f"FLoRA participant rank must be an integer >= 1, got {rank!r}")
+        if train.dim() != 2 or train.shape[0] == 0:
+            raise ValueError(
+                f"need >= 1 training block (blocks, seq_len), got {list(train.shape)}"
+            )
+        self.base, self.train, self.rank = base, train, rank
+        self.training = training or LocalTraining()
+        self.held_out = held_out
+
+    def fit(self, params: Params, info: RoundInfo) -> FitResult:
+        self.base.load_targets(params)
+        self.base.activate(self.rank, info.seed)
+        loss = local_train(self.base.model, self.train, self.training, info.seed)
+        scale = self.base.spec.alpha / self.rank  # folded into B: the stack is the update
+        factors = {
+            k: v * scale if ".lora_B." in k else v
+            for k, v in adapter_params(self.base.model).items()
+        }
+        metrics = {"train_loss": loss, "local_steps": float(self.training.steps)}
+        return FitResult(factors, int(self.train.numel()), metrics)
+
+    def evaluate(self, params: Params, info: RoundInfo) -> EvalResult:
+        if self.held_out is None or self.held_out.shape[0] == 0:
+            raise ValueError("this participant has no held-out blocks to evaluate on")
+        self.base.load_targets(params)
+        loss = self.base.loss(self.held_out)
+        return EvalResult(loss, predicted_tokens(self.held_out), {"perplexity": math.exp(loss)})
 
 
-def ranks_cycle(ids: Sequence[ClientId], ranks: Sequence[int]) -> dict[ClientId, int]:
+@dataclass(frozen=True)
+class Flora:
+    """The algorithm's hooks: every one the identity but the upload check (ranks differ)."""
+
+    max_rank: int = 256
+
+    kind: ClassVar[str] = "flora"
+
+    def init_state(self, params: Params) -> Params:
+        return {}
+
+    def broadcast(self, state: Params) -> Params:
+        return {}
+
+    def layout(self, params: Params) -> Params | None:
+        return None  # each participant's rank is its own
+
+    def check(self, result: FitResult, params: Params) -> str | None:
+        if not isinstance(result.num_examples, int) or result.num_examples <= 0:
+            return f"num_examples must be a positive integer, got {result.num_examples!r}"
+        try:
+            pairs = lora_pairs(result.update)
+        except ValueError as exc:
+            return f"not a LoRA adapter: {exc}"
+        if {m + _W for m in pairs} != set(params):
+            return f"adapts other modules than the federation's {len(params)} targets"
+        for m, f in pairs.items():
+            out, inp = params[m + _W].shape
+            if f.a.shape[1] != inp or f.b.shape[0] != out or not 1 <= f.rank <= self.max_rank:
+                return (
+                    f"module {m!r}: A {list(f.a.shape)} and B {list(f.b.shape)} do not adapt "
+                    f"a ({out}, {inp}) weight with a rank in 1..{self.max_rank}"
+                )
+            if not (tensor_is_finite(f.a) and tensor_is_finite(f.b)):
+                return f"module {m!r}: the factors contain NaN or Inf"
+        return None
+
+    def local(
+        self, client: Client, params: Params, received: Params, info: RoundInfo, state: AlgoState
+    ) -> FitResult:
+        return client.fit(params, info)
+
+    def finalize(
+        self, aggregate: Params, extras: Params, state: Params, sampled: int, population: int
+    ) -> tuple[Params, Params]:
+        return aggregate, state
+
+
+class LoraStacking:
+    """FLoRA's aggregator: holds the round's factors (``sum_k r_k (in + out)`` numbers per
+    module) and returns the stacked product ``sum_k p_k B_k @ A_k`` as each weight's step."""
+
+    name = "lora_stacking"
+    linear = False  # the result is a product of stacks, not a sum of updates
+
+    def open(self, template: Params) -> _Stack:
+        return _Stack()
+
+
+class _Stack:
+    def __init__(self) -> None:
+        self.uploads: list[tuple[Params, float, ClientId]] = []
+        self.count = 0
+
+    def add(self, update: Params, weight: float, client: ClientId = "") -> None:
+        self.uploads.append((dict(update), float(weight), client))
+        self.count += 1
+
+    def result(self) -> Params:
+        total = sum(w for _, w, _ in self.uploads)
+        stacked = stack_adapters([(u, w / total) for u, w, _ in self.uploads])
+        return {m + _W: f.b @ f.a for m, f in stacked.items()}  # (out, in) per module
+
+    def report(self) -> dict[ClientId, float]:
+        total = sum(w for _, w, _ in self.uploads)
+        return {c: w / total for _, w, c in self.uploads}
+
+
+def ranks_cycle(ids: list[ClientId], ranks: list[int]) -> dict[ClientId, int]:
     """Assign ``ranks`` to sorted ``ids`` in turn (a simple heterogeneous-rank setup)."""
     if not ranks:
         raise ValueError("give at least one rank")

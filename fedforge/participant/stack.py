@@ -32,7 +32,6 @@ from torch import Tensor
 
 from fedforge.algorithms import Algorithm, Plain, split
 from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
-from fedforge.client.validation import check_update
 from fedforge.params import ClientId, Params
 from fedforge.transforms import Context, Pipeline
 
@@ -75,10 +74,10 @@ class Plan:
         """True when the stack sends ``fit``'s update as it is (nothing to run around it)."""
         return not self.uplink.transforms and isinstance(self.algorithm, Plain)
 
-    def template(self, params: Params) -> Params:
-        """The layout of an upload: the model's tensors and the algorithm's extras."""
-        extras = self.algorithm.extras(params)
-        return {**params, **extras} if extras else params
+    def template(self, params: Params) -> Params | None:
+        """The layout of an upload: the model's tensors and the algorithm's extras (None:
+        each participant's own, checked by the algorithm)."""
+        return self.algorithm.layout(params)
 
 
 def context(info: RoundInfo, cid: ClientId) -> Context:
@@ -101,7 +100,7 @@ class Stack:
         alg = self.plan.algorithm
         own, received = split(params, alg.kind)
         res = alg.local(self.client, own, received, info, self.state.setdefault(f"@{alg.kind}", {}))
-        why = check_update(res, self.plan.template(own))
+        why = alg.check(res, own)
         if why is not None:  # never encode (and never move error feedback) on a bad update
             raise UpdateRefused(f"update refused before encoding: {why}")
         payload = self.plan.uplink.encode(res.update, context(info, self.cid), self.state)

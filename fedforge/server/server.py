@@ -219,13 +219,13 @@ class Server:
         Returns (update, bytes on the wire, reason to leave it out or None)."""
         size = num_bytes(res.update)
         if self.plan.identity:
-            return res.update, size, check_update(res, self.template)
+            return res.update, size, check_update(res, self.params)
         ctx = self.transform_context(r, cid)
         try:
             update = self.pipeline.decode(payload_of(res.update), ctx, self.template)
         except ValueError as exc:  # PayloadError, or not an encoded upload at all
             return res.update, size, f"undecodable update: {exc}"
-        why = check_update(FitResult(update, res.num_examples, res.metrics), self.template)
+        why = self.algorithm.check(FitResult(update, res.num_examples, res.metrics), self.params)
         return update, size, why
 
     def _should_stop(self, round_: int) -> str | None:
@@ -286,7 +286,7 @@ class Server:
         t0 = time.perf_counter()
         sampled = self.sampler.sample(r, list(clients))
         jobs = [(cid, self._info("fit", r, cid)) for cid in sampled]
-        acc = self.aggregator.open(self.template)
+        acc = self.aggregator.open(self.template if self.template is not None else self.params)
         if self.broadcast is not None:
             # Participants hold the broadcast reference (lossy downlink); their updates are
             # relative to it and the server still steps its own params (DoubleSqueeze-style).

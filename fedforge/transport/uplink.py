@@ -120,6 +120,12 @@ def parse(text: str) -> Pipeline:
 
 
 _ALGORITHMS: dict[str, type] = {"fedavg": Plain, "scaffold": Scaffold, "fednova": FedNova}
+try:  # FLoRA needs the llm extra (peft) only on the participant that trains
+    from fedforge.llm.flora import Flora
+
+    _ALGORITHMS["flora"] = Flora
+except ImportError:  # pragma: no cover - the llm extra is installed with the tests
+    pass
 
 
 def _fields(obj: object) -> dict[str, Any]:
@@ -158,3 +164,8 @@ def rebuild(text: str) -> Plan:
     except (TypeError, ValueError) as exc:
         raise SpecError(f"{a['kind']}: {exc}") from exc
     return Plan(parse(json.dumps(doc["uplink"])), algorithm)
+
+
+def algorithms() -> list[str]:
+    """The algorithm kinds a participant process can rebuild."""
+    return sorted(_ALGORITHMS)
