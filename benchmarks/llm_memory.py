@@ -53,10 +53,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     import fedforge as ff
     from fedforge.llm import (
         LLMClient,
-        LocalTraining,
         LoraSpec,
         adapter_params,
         attach_lora,
+        llm_plan,
         load_causal_lm,
         model_bytes,
         smollm2_gguf,
@@ -74,7 +74,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     peft_model = attach_lora(model, LoraSpec(rank=8, alpha=16))
     after_load = current_rss_bytes()
     gen = torch.Generator().manual_seed(0)
-    plan = LocalTraining(steps=args.steps, batch_size=args.batch_size)
+    plan = llm_plan(steps=args.steps, batch_size=args.batch_size)
     clients = {
         f"p{i:03d}": LLMClient(
             peft_model,

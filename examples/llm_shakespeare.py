@@ -76,7 +76,6 @@ import fedforge as ff
 from fedforge.data.plays import parse_plays, parse_speeches
 from fedforge.llm import (
     LLMClient,
-    LocalTraining,
     LoraSpec,
     adamw,
     adapter_evaluator,
@@ -86,6 +85,7 @@ from fedforge.llm import (
     generate_sample,
     instruction_blocks,
     instruction_prompt,
+    llm_plan,
     load_adapter,
     load_causal_lm,
     model_bytes,
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{args.batch_size} block(s) per participant, server {args.server_opt} "
         f"lr {args.server_lr:g}"
     )
-    plan = LocalTraining(
+    plan = llm_plan(
         steps=steps,
         batch_size=args.batch_size,
         optimizer=client_opt,
@@ -348,14 +348,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # every baseline sees as many blocks as a participant (local) or all of them (central)
         bb = args.baseline_batch_size
         local_steps = math.ceil(rounds * steps * args.batch_size / bb)
-        alone = LocalTraining(steps=local_steps, batch_size=bb, optimizer=adamw(args.lr))
+        alone = llm_plan(steps=local_steps, batch_size=bb, optimizer=adamw(args.lr))
         for name, d in data.items():
             solo = LLMClient(peft_model, d.train, training=alone, train_labels=d.train_labels)
             info = ff.RoundInfo(round=1, seed=derive_seed(args.seed, "local", name))
             local[name] = evaluate(add(p0, solo.fit(p0, info).update)).metrics["perplexity"]
         pooled = torch.cat([d.train for d in data.values()])
         pooled_labels = _cat_labels([d.train_labels for d in data.values()])
-        central_plan = LocalTraining(
+        central_plan = llm_plan(
             steps=len(data) * local_steps, batch_size=bb, optimizer=adamw(args.lr)
         )
         central = LLMClient(peft_model, pooled, training=central_plan, train_labels=pooled_labels)

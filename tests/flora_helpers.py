@@ -8,13 +8,13 @@ import sys
 import torch
 
 import fedforge as ff
-from fedforge.llm import Flora, FloraBase, FloraClient, LocalTraining, LoraSpec, LoraStacking
-from fedforge.llm.client import adamw
+from fedforge.client.local import adamw
+from fedforge.llm import Flora, FloraBase, FloraClient, LoraSpec, LoraStacking, llm_plan
 from fedforge.llm.tiny import tiny_llama
 
 RANKS = {"p4": 4, "p8": 8, "p16": 16}
 SPEC = LoraSpec(rank=2, alpha=8, seed=0)
-TRAINING = LocalTraining(steps=2, batch_size=2, optimizer=adamw(2e-2))
+TRAINING = llm_plan(steps=2, batch_size=2, optimizer=adamw(2e-2))
 
 
 def blocks(cid: str, n: int = 6, seq: int = 16) -> torch.Tensor:

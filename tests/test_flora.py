@@ -14,19 +14,19 @@ import torch
 pytest.importorskip("peft", reason="the llm extra (peft, transformers) is installed by make")
 
 import fedforge as ff  # noqa: E402
+from fedforge.client.local import adamw  # noqa: E402
 from fedforge.client.types import FitResult  # noqa: E402
 from fedforge.data.plays import parse_plays  # noqa: E402
 from fedforge.llm import (  # noqa: E402
     Flora,
     FloraBase,
     FloraClient,
-    LocalTraining,
     LoraSpec,
     LoraStacking,
+    llm_plan,
     participant_blocks,
 )
 from fedforge.llm.aggregation import lora_pairs  # noqa: E402
-from fedforge.llm.client import adamw  # noqa: E402
 from fedforge.llm.tiny import byte_tokenizer, tiny_llama  # noqa: E402
 from tests import flora_helpers as fh  # noqa: E402
 from tests.grpc_helpers import _child_env  # noqa: E402
@@ -72,7 +72,7 @@ def test_flora_rounds_with_heterogeneous_ranks_lower_perplexity():
     }
     union = torch.cat([d.held_out for d in data.values()])
     shared = FloraBase(tiny_llama(hidden_size=32, layers=2, seed=0), LoraSpec(rank=1, alpha=8))
-    training = LocalTraining(steps=4, batch_size=4, optimizer=adamw(3e-2))
+    training = llm_plan(steps=4, batch_size=4, optimizer=adamw(3e-2))
     clients = {
         role: FloraClient(shared, data[role].train, rank, training=training)
         for _, role, rank in roles

@@ -108,7 +108,7 @@ def test_a_rebuilt_stack_encodes_as_the_simulation_and_keeps_its_state():
     """A stack rebuilt from the wire description gives the bytes the simulation's stack
     gives, round after round, each participant with its own error-feedback residual."""
     pipe = Pipeline([ErrorFeedback(TopK(0.1)), Quantize(8)])
-    rebuilt = Plan(up.parse(up.describe(Plan(pipe))))
+    rebuilt = up.rebuild(up.describe(Plan(pipe)))
     here = {cid: Stack(cid, _Fixed(), Plan(pipe)) for cid in ("a", "b")}
     there = {cid: Stack(cid, _Fixed(), rebuilt) for cid in ("a", "b")}
     for r in (1, 2, 3):

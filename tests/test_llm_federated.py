@@ -12,7 +12,6 @@ from fedforge.client.types import RoundInfo  # noqa: E402
 from fedforge.data.plays import parse_plays  # noqa: E402
 from fedforge.llm import (  # noqa: E402
     LLMClient,
-    LocalTraining,
     LoraSpec,
     adamw,
     adapter_evaluator,
@@ -20,6 +19,7 @@ from fedforge.llm import (  # noqa: E402
     attach_lora,
     byte_tokenizer,
     generate_sample,
+    llm_plan,
     load_adapter,
     participant_blocks,
     perplexity,
@@ -45,7 +45,7 @@ def blocks():
 
 def _federation(blocks, spec: LoraSpec, steps: int = 4, lr: float = 3e-2):
     model = attach_lora(tiny_llama(hidden_size=32, layers=2, seed=0), spec)
-    plan = LocalTraining(steps=steps, batch_size=4, optimizer=adamw(lr))
+    plan = llm_plan(steps=steps, batch_size=4, optimizer=adamw(lr))
     clients = {
         role: LLMClient(model, b.train, held_out=b.held_out, training=plan)
         for role, b in blocks.items()
@@ -131,7 +131,7 @@ def test_wrong_rank_update_is_rejected_by_the_server(blocks):
     model, clients, union = _federation(blocks, LoraSpec(rank=4), steps=1)
     other = attach_lora(tiny_llama(hidden_size=32, layers=2, seed=0), LoraSpec(rank=2))
     b = blocks["IAGO"]
-    clients["IAGO"] = LLMClient(other, b.train, training=LocalTraining(steps=1, batch_size=2))
+    clients["IAGO"] = LLMClient(other, b.train, training=llm_plan(steps=1, batch_size=2))
     server = ff.Server(adapter_params(model), sampler=ff.Sampler(per_round=3, seed=0), seed=0)
     history = server.run(clients, rounds=1, progress=False)
     rec = history.last
@@ -156,7 +156,7 @@ def test_gradient_accumulation_matches_a_bigger_batch(blocks):
     updates = []
     for batch, accum in ((8, 1), (2, 4)):
         model = attach_lora(tiny_llama(hidden_size=32, layers=2, seed=0), LoraSpec(rank=2))
-        plan = LocalTraining(
+        plan = llm_plan(
             steps=1, batch_size=batch, grad_accum=accum, optimizer=ff.sgd(0.5), max_grad_norm=None
         )
         params = adapter_params(model)
@@ -171,7 +171,7 @@ def test_gradient_checkpointing_gives_the_same_update(blocks):
     out = []
     for ckpt in (False, True):
         model = attach_lora(tiny_llama(hidden_size=32, layers=2, seed=0), LoraSpec(rank=2))
-        plan = LocalTraining(steps=2, batch_size=2, gradient_checkpointing=ckpt)
+        plan = llm_plan(steps=2, batch_size=2, gradient_checkpointing=ckpt)
         out.append(
             LLMClient(model, b.train, training=plan).fit(adapter_params(model), RoundInfo(1, 4))
         )
@@ -207,8 +207,8 @@ def test_stateful_participant_resumes_its_adamw_state_and_others_are_unaffected(
     b = blocks["HAMLET"]
     model = attach_lora(tiny_llama(hidden_size=32, layers=2, seed=0), LoraSpec(rank=4))
     p0 = adapter_params(model)
-    keep = LocalTraining(steps=2, batch_size=4, optimizer=adamw(3e-2), keep_optimizer_state=True)
-    fresh = LocalTraining(steps=2, batch_size=4, optimizer=adamw(3e-2))
+    keep = llm_plan(steps=2, batch_size=4, optimizer=adamw(3e-2), keep_optimizer_state=True)
+    fresh = llm_plan(steps=2, batch_size=4, optimizer=adamw(3e-2))
     stateful = LLMClient(model, b.train, training=keep)
     stateless = LLMClient(model, b.train, training=fresh)
     other = LLMClient(model, b.train, training=keep)

@@ -15,7 +15,6 @@ from fedforge.client.types import RoundInfo  # noqa: E402
 from fedforge.data.plays import Speech, parse_plays, parse_speeches  # noqa: E402
 from fedforge.llm import (  # noqa: E402
     LLMClient,
-    LocalTraining,
     LoraSpec,
     adamw,
     adapter_params,
@@ -24,6 +23,7 @@ from fedforge.llm import (  # noqa: E402
     dialogue_exchanges,
     instruction_blocks,
     instruction_prompt,
+    llm_plan,
     mean_nll,
     tiny_llama,
 )
@@ -116,7 +116,7 @@ def test_loss_and_training_on_labels_match_the_unlabelled_path_and_hand_math():
     assert res.metrics["perplexity"] == pytest.approx(math.exp(mean_nll(model, x, 8, y)))
     assert res.num_examples == int(mask.sum())
     # training with labels == tokens is bit-identical to training without labels
-    plan = LocalTraining(steps=2, batch_size=2, optimizer=adamw(1e-2))
+    plan = llm_plan(steps=2, batch_size=2, optimizer=adamw(1e-2))
     p0 = adapter_params(model)
     local_train(model, data.train, plan, seed=3)
     plain = adapter_params(model)

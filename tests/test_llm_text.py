@@ -69,12 +69,12 @@ def test_smollm2_gguf_one_federated_round_lowers_perplexity(tmp_path):
     from fedforge.data.plays import parse_plays
     from fedforge.llm import (
         LLMClient,
-        LocalTraining,
         LoraSpec,
         adamw,
         adapter_evaluator,
         adapter_params,
         attach_lora,
+        llm_plan,
         load_causal_lm,
         smollm2_gguf,
     )
@@ -93,7 +93,7 @@ def test_smollm2_gguf_one_federated_round_lowers_perplexity(tmp_path):
         participant_blocks(tok, texts[k][:20_000], 64, max_train_blocks=16, max_held_out_blocks=4)
         for k in roles
     ]
-    plan = LocalTraining(steps=3, batch_size=4, optimizer=adamw(1e-3))
+    plan = llm_plan(steps=3, batch_size=4, optimizer=adamw(1e-3))
     clients = {f"c{i}": LLMClient(peft_model, d.train, training=plan) for i, d in enumerate(data)}
     union = torch.cat([d.held_out for d in data])
     evaluate = adapter_evaluator(peft_model, union, batch_size=4)

@@ -256,7 +256,7 @@ def test_schedule_is_torch_clients_batch_order(
     client = ff.TorchClient(
         nn.Linear(1, 2), ds, ff.classification(), batch_size=batch_size, epochs=epochs, steps=steps
     )
-    want = [x.squeeze(1).long() for x, _ in client._batches(torch.Generator().manual_seed(42))]
+    want = [x.squeeze(1).long() for ((x, _),) in client._steps(torch.Generator().manual_seed(42))]
     idx, counts = client_schedule(client, n, 42)
     got = [idx[t, : counts[t]] for t in range(len(counts))]
     assert len(got) == len(want)

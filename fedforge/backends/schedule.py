@@ -33,8 +33,9 @@ class Schedule:
 
 
 def step_count(client: TorchClient, n: int) -> int:
-    per_epoch = -(-n // min(client.batch_size, n))
-    return client.steps if client.steps is not None else client.epochs * per_epoch
+    plan = client.plan
+    per_epoch = -(-n // min(plan.batch_size, n))
+    return plan.steps if plan.steps is not None else plan.epochs * per_epoch
 
 
 def schedule(
@@ -42,7 +43,7 @@ def schedule(
 ) -> Schedule:
     """The batches each ``client.fit`` draws with ``info.seed == seeds[c]``.
 
-    Reproduces ``TorchClient._batches``: a generator seeded with the round's seed draws
+    Reproduces ``TorchClient._steps``: a generator seeded with the round's seed draws
     one ``torch.randperm(n)`` per epoch, cut into batches of ``batch_size`` with a
     partial last one; ``steps`` mode takes exactly that many batches, rolling over into
     new epochs. Only the permutations are drawn per participant (they must come from
@@ -53,7 +54,7 @@ def schedule(
     n_l, w_l, k_l, t_l, base_l = [], [], [], [], []
     flat = 0
     for client, n, seed in zip(clients, sizes, seeds, strict=True):
-        width = min(client.batch_size, n)
+        width = min(client.plan.batch_size, n)
         per_epoch = -(-n // width)
         steps = step_count(client, n)
         epochs = -(-steps // per_epoch)

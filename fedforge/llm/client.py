@@ -13,15 +13,13 @@ Federated GPT: Federated Instruction Tuning").
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from fedforge.client.local import LocalPlan, adamw, train
 from fedforge.client.types import EvalResult, FitResult, RoundInfo
 from fedforge.llm.adapters import adapter_params, load_adapter
 from fedforge.llm.text import mean_nll, predicted_tokens
@@ -29,29 +27,12 @@ from fedforge.params import Params, sub
 
 __all__ = [
     "LLMClient",
-    "LocalTraining",
-    "adamw",
     "adapter_evaluator",
     "default_autocast",
     "generate_sample",
+    "llm_plan",
     "local_train",
-    "sgd",
 ]
-
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-
-
-def adamw(lr: float = 1e-3, weight_decay: float = 0.0) -> OptimizerFactory:
-    """AdamW (Loshchilov & Hutter 2019), the usual optimizer for LoRA; fresh state each round."""
-    if lr <= 0:
-        raise ValueError(f"learning rate must be > 0, got {lr}")
-    return partial(torch.optim.AdamW, lr=lr, weight_decay=weight_decay)
-
-
-def sgd(lr: float = 1e-2, momentum: float = 0.0) -> OptimizerFactory:
-    if lr <= 0:
-        raise ValueError(f"learning rate must be > 0, got {lr}")
-    return partial(torch.optim.SGD, lr=lr, momentum=momentum)
 
 
 def default_autocast() -> torch.dtype | None:
@@ -61,40 +42,31 @@ def default_autocast() -> torch.dtype | None:
     return None
 
 
-@dataclass(frozen=True)
-class LocalTraining:
-    """How a participant trains in one round.
-
-    Each of ``steps`` optimizer steps averages the gradients of ``grad_accum``
-    micro-batches of ``batch_size`` blocks. ``autocast`` is a dtype for
-    ``torch.autocast`` (None: full precision). ``gradient_checkpointing``
-    trades compute for activation memory. ``keep_optimizer_state`` makes a
-    participant carry its optimizer state (AdamW's moments and step count)
-    from one round to its next instead of starting fresh: a stateful client,
-    which costs two adapter-sized tensors per participant and lives only in
-    the participant (nothing extra travels).
-    """
-
-    steps: int = 4
-    batch_size: int = 4
-    grad_accum: int = 1
-    optimizer: OptimizerFactory = field(default_factory=adamw)
-    gradient_checkpointing: bool = False
-    autocast: torch.dtype | None = None
-    max_grad_norm: float | None = 1.0
-    keep_optimizer_state: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"LocalTraining.{name} must be an integer >= 1, got {v!r}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
-
-    @property
-    def blocks_per_step(self) -> int:
-        return self.batch_size * self.grad_accum
+def llm_plan(
+    steps: int = 4,
+    batch_size: int = 4,
+    grad_accum: int = 1,
+    optimizer: Any = None,
+    gradient_checkpointing: bool = False,
+    autocast: torch.dtype | None = None,
+    max_grad_norm: float | None = 1.0,
+    keep_optimizer_state: bool = False,
+) -> LocalPlan:
+    """The ``LocalPlan`` of a language-model participant: ``steps`` optimizer steps of
+    ``grad_accum`` micro-batches of ``batch_size`` blocks, AdamW (lr 1e-3) unless given,
+    the global gradient norm clipped at 1. ``keep_optimizer_state`` makes a participant
+    carry AdamW's moments from one round to its next (a stateful client: two
+    adapter-sized tensors per participant, kept only in the participant)."""
+    return LocalPlan(
+        optimizer if optimizer is not None else adamw(),
+        steps=steps,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_grad_norm=max_grad_norm,
+        autocast=autocast,
+        gradient_checkpointing=gradient_checkpointing,
+        keep_optimizer_state=keep_optimizer_state,
+    )
 
 
 def _micro_batches(n: int, size: int, count: int, gen: torch.Generator) -> Iterator[Tensor]:
@@ -117,12 +89,13 @@ def _micro_batches(n: int, size: int, count: int, gen: torch.Generator) -> Itera
 def local_train(
     model: nn.Module,
     blocks: Tensor,
-    plan: LocalTraining,
+    plan: LocalPlan,
     seed: int,
     optimizer_state: dict[str, Any] | None = None,
     labels: Tensor | None = None,
 ) -> float:
-    """Train ``model``'s trainable parameters on ``blocks`` in place; mean train loss.
+    """Train ``model``'s trainable parameters on ``blocks`` in place (the one local loop,
+    ``fedforge.client.local.train``); mean train loss.
 
     All randomness (batch order, dropout) comes from ``seed``. With
     ``optimizer_state`` (a dict, possibly empty), the optimizer starts from
@@ -134,52 +107,22 @@ def local_train(
         raise ValueError(
             f"need (blocks, seq_len) token ids with >= 1 block, got {list(blocks.shape)}"
         )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
+    if plan.steps is None:
+        raise ValueError("a language-model plan counts optimizer steps: give steps")
+    if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("the model has no trainable parameters; attach_lora first")
     device = next(model.parameters()).device
-    opt = plan.optimizer(trainable)
-    if optimizer_state:
-        opt.load_state_dict(optimizer_state["state"])
     gen = torch.Generator().manual_seed(seed)
     batches = _micro_batches(blocks.shape[0], plan.batch_size, plan.steps * plan.grad_accum, gen)
-    hf: Any = model  # a transformers / PEFT model
-    checkpointing = plan.gradient_checkpointing
-    if checkpointing:
-        if not hasattr(hf, "gradient_checkpointing_enable"):
-            raise ValueError("gradient_checkpointing needs a transformers model")
-        # Non-reentrant checkpointing works with a frozen embedding (no input grads needed).
-        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    cast = (
-        torch.autocast(device_type=device.type, dtype=plan.autocast)
-        if plan.autocast is not None
-        else nullcontext()
-    )
-    model.train()
-    loss_sum = 0.0
-    try:
-        with torch.random.fork_rng(devices=[]):  # dropout draws from the global RNG
-            torch.manual_seed(seed)
-            for _ in range(plan.steps):
-                opt.zero_grad(set_to_none=True)
-                for _ in range(plan.grad_accum):
-                    idx = next(batches)
-                    x = blocks[idx].to(device)  # (batch, seq_len)
-                    y = x if labels is None else labels[idx].to(device)
-                    with cast:
-                        loss = model(input_ids=x, labels=y).loss
-                    (loss / plan.grad_accum).backward()
-                    loss_sum += float(loss.detach())
-                if plan.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(trainable, plan.max_grad_norm)
-                opt.step()
-        if optimizer_state is not None:
-            optimizer_state["state"] = opt.state_dict()
-    finally:
-        model.eval()
-        if checkpointing:
-            hf.gradient_checkpointing_disable()
-    return loss_sum / (plan.steps * plan.grad_accum)
+    steps = ([next(batches) for _ in range(plan.grad_accum)] for _ in range(plan.steps))
+
+    def loss_of(idx: Tensor) -> Tensor:
+        x = blocks[idx].to(device)  # (batch, seq_len)
+        y = x if labels is None else labels[idx].to(device)
+        loss: Tensor = model(input_ids=x, labels=y).loss
+        return loss
+
+    return train(model, plan, steps, loss_of, seed, optimizer_state=optimizer_state).loss
 
 
 class LLMClient:
@@ -191,7 +134,7 @@ class LLMClient:
         train: Tensor,
         *,
         held_out: Tensor | None = None,
-        training: LocalTraining | None = None,
+        training: LocalPlan | None = None,
         eval_batch_size: int = 8,
         train_labels: Tensor | None = None,
         held_out_labels: Tensor | None = None,
@@ -214,7 +157,7 @@ class LLMClient:
         self.held_out = held_out
         self.train_labels = train_labels
         self.held_out_labels = held_out_labels
-        self.training = training or LocalTraining()
+        self.training = training or llm_plan()
         self.eval_batch_size = eval_batch_size
         self._opt_state: dict[str, Any] | None = {} if self.training.keep_optimizer_state else None
 
@@ -234,7 +177,7 @@ class LLMClient:
             self.model, self.train, self.training, info.seed, self._opt_state, self.train_labels
         )
         update = sub(adapter_params(self.model), old)
-        metrics = {"train_loss": loss, "local_steps": float(self.training.steps)}
+        metrics = {"train_loss": loss, "local_steps": float(self.training.steps or 0)}
         return FitResult(update, self.num_tokens, metrics)
 
     def evaluate(self, params: Params, info: RoundInfo) -> EvalResult:

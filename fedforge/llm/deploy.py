@@ -38,8 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedforge.client.local import LocalPlan, OptimizerFactory, adamw, sgd
 from fedforge.llm.adapters import LoraSpec, adapter_params, attach_lora
-from fedforge.llm.client import LLMClient, LocalTraining, OptimizerFactory, adamw, sgd
+from fedforge.llm.client import LLMClient, llm_plan
 from fedforge.llm.text import participant_blocks
 from fedforge.params import ClientId, Params
 
@@ -89,7 +90,7 @@ class LLMParticipantConfig:
     held_out: float = 0.2
     max_train_blocks: int | None = None
     max_held_out_blocks: int | None = None
-    # local training (LocalTraining)
+    # local training (llm_plan)
     steps: int = 4
     batch_size: int = 4
     grad_accum: int = 1
@@ -123,9 +124,9 @@ class LLMParticipantConfig:
             seed=self.lora_seed,
         )
 
-    def training(self) -> LocalTraining:
+    def training(self) -> LocalPlan:
         opt: OptimizerFactory = adamw(self.lr) if self.optimizer == "adamw" else sgd(self.lr)
-        return LocalTraining(
+        return llm_plan(
             steps=self.steps,
             batch_size=self.batch_size,
             grad_accum=self.grad_accum,

@@ -31,10 +31,11 @@ import torch
 from torch import Tensor, nn
 
 from fedforge.algorithms.base import AlgoState
+from fedforge.client.local import LocalPlan
 from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
 from fedforge.llm.adapters import LoraSpec, adapter_params, check_targets, lora_config
 from fedforge.llm.aggregation import lora_pairs, stack_adapters
-from fedforge.llm.client import LocalTraining, local_train
+from fedforge.llm.client import llm_plan, local_train
 from fedforge.llm.text import mean_nll, predicted_tokens
 from fedforge.params import ClientId, Params, tensor_is_finite
 
@@ -105,7 +106,7 @@ class FloraClient:
         train: Tensor,
         rank: int,
         *,
-        training: LocalTraining | None = None,
+        training: LocalPlan | None = None,
         held_out: Tensor | None = None,
     ) -> None:
         if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
@@ -115,7 +116,7 @@ class FloraClient:
                 f"need >= 1 training block (blocks, seq_len), got {list(train.shape)}"
             )
         self.base, self.train, self.rank = base, train, rank
-        self.training = training or LocalTraining()
+        self.training = training or llm_plan()
         self.held_out = held_out
 
     def fit(self, params: Params, info: RoundInfo) -> FitResult:
@@ -127,7 +128,7 @@ class FloraClient:
             k: v * scale if ".lora_B." in k else v
             for k, v in adapter_params(self.base.model).items()
         }
-        metrics = {"train_loss": loss, "local_steps": float(self.training.steps)}
+        metrics = {"train_loss": loss, "local_steps": float(self.training.steps or 0)}
         return FitResult(factors, int(self.train.numel()), metrics)
 
     def evaluate(self, params: Params, info: RoundInfo) -> EvalResult:

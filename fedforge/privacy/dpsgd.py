@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import secrets
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,8 +38,9 @@ from torch.utils.data import Dataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 from fedforge.client.batches import dataset_len
+from fedforge.client.local import LocalPlan, OptimizerFactory, sgd, train
 from fedforge.client.tasks import Task
-from fedforge.client.torch_client import OptimizerFactory, evaluate_model, sgd
+from fedforge.client.torch_client import evaluate_model
 from fedforge.client.types import EvalResult, FitResult, RoundInfo
 from fedforge.params import Params, load_into, sub
 from fedforge.privacy._checks import check_clip, check_noise_multiplier, check_positive_int
@@ -126,50 +127,53 @@ class DPSGDClient:
         return self.dp.round_event(self.num_examples)
 
     def fit(self, params: Params, info: RoundInfo) -> FitResult:
+        """DP-SGD steps through the one local loop (``fedforge.client.local.train``): its
+        optimizer is Opacus' ``DPOptimizer`` around this client's, its batches are
+        Poisson-sampled, and an empty batch still takes a (noise-only) step."""
         from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
 
         model, n, dp = self.model, self.num_examples, self.dp
         load_into(model, params)
-        model.train()
         q = dp.sample_rate(n)
         batches = torch.Generator().manual_seed(info.seed)
         noise = torch.Generator().manual_seed(derive_seed(self.secret, "dp-sgd", info.round))
         gsm = GradSampleModule(model)  # hooks on the shared module; removed in `finally`
         trainable = [p for p in model.parameters() if p.requires_grad]
-        loss_sum, nonempty = 0.0, 0
-        try:
-            opt = DPOptimizer(
-                self.optimizer(trainable),
+
+        def private(ps: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+            return DPOptimizer(
+                self.optimizer(ps),
                 noise_multiplier=dp.noise_multiplier,
                 max_grad_norm=dp.max_grad_norm,
                 expected_batch_size=dp.batch_size,
                 generator=noise,
             )
-            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+
+        def poisson() -> Iterator[tuple[Tensor]]:
+            for _ in range(dp.steps):
+                yield ((torch.rand(n, generator=batches) < q).nonzero().squeeze(1),)
+
+        def loss_of(idx: Tensor) -> Tensor | None:
+            if len(idx) == 0:  # Opacus needs (empty) per-example gradients to add noise to
+                for p in trainable:
+                    setattr(p, "grad_sample", torch.zeros((0, *p.shape), dtype=p.dtype))  # noqa: B010
+                return None
+            x, y = _take(self.train, idx)
+            return self.task.loss(gsm(x), y)
+
+        plan = LocalPlan(private, steps=dp.steps, batch_size=dp.batch_size)
+        try:
+            with warnings.catch_warnings():
                 # Opacus' hooks on a first layer whose input needs no gradient: harmless
                 warnings.filterwarnings("ignore", "Full backward hook is firing")
-                torch.manual_seed(info.seed)
-                for _ in range(dp.steps):
-                    opt.zero_grad(set_to_none=True)
-                    idx = (torch.rand(n, generator=batches) < q).nonzero().squeeze(1)
-                    if len(idx) == 0:
-                        # an empty Poisson batch still takes a (noise-only) step
-                        for p in trainable:
-                            setattr(p, "grad_sample", torch.zeros((0, *p.shape), dtype=p.dtype))  # noqa: B010
-                    else:
-                        x, y = _take(self.train, idx)
-                        loss = self.task.loss(gsm(x), y)
-                        loss.backward()
-                        loss_sum += float(loss.detach())
-                        nonempty += 1
-                    opt.step()
+                done = train(model, plan, poisson(), loss_of, info.seed)
         finally:
             gsm._close()  # drop hooks and grad_sample attributes from the shared module
             for p in model.parameters():
                 p.grad = None
         new = {k: v.detach() for k, v in model.state_dict().items() if k in params}
-        metrics = {"train_loss": loss_sum / max(nonempty, 1), "local_steps": float(dp.steps)}
+        metrics = {"train_loss": done.loss, "local_steps": float(done.steps)}
         return FitResult(sub(new, params), n, metrics)
 
     def evaluate(self, params: Params, info: RoundInfo) -> EvalResult:
