@@ -29,7 +29,7 @@ def test_every_kind_of_participant_trains_through_the_one_loop(monkeypatch):
     pytest.importorskip("peft")
     from fedforge.llm import LLMClient, LoraSpec, attach_lora, llm_plan
     from fedforge.llm.tiny import tiny_llama
-    from fedforge.privacy.dpsgd import DPSGDClient, DpSgd
+    from fedforge.privacy.dpsgd import DpSgd, DPSGDClient
 
     calls: list[LocalPlan] = []
     real = local_mod.train
