@@ -14,9 +14,8 @@ import pytest
 import torch
 from grpc_helpers import ConstantClient, Slow, wait_until
 
-from fedforge.backends.base import ClientFailure
 from fedforge.backends.grpc_backend import GrpcBackend
-from fedforge.client.types import FitResult, RoundInfo
+from fedforge.client.types import ClientFailure, FitResult, RoundInfo
 from fedforge.transport import Limits, Registry, TransportServer, WireError, connect
 from fedforge.transport.chunks import Payload, frames, read_payload
 from fedforge.transport.codec import parse_specs

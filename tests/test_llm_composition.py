@@ -30,11 +30,11 @@ from fedforge.llm.deploy import (  # noqa: E402
     serve,
 )
 from fedforge.params import Params, clone, l2_norm, num_bytes  # noqa: E402
+from fedforge.plugins import Plugin  # noqa: E402
 from fedforge.privacy import DPFedAvg, PoissonSampling, PrivacyAccountant, epsilon  # noqa: E402
 from fedforge.privacy.clip import clip_update  # noqa: E402
 from fedforge.secagg import DropoutPlan, SecAggConfig, SecureAggregator, Stage  # noqa: E402
 from fedforge.secagg.fixedpoint import FixedPoint  # noqa: E402
-from fedforge.server.plugins import Plugin  # noqa: E402
 from fedforge.transforms import ErrorFeedback, Pipeline, Quantize, TopK  # noqa: E402
 
 # Four speaking roles with different amounts of text, so example weights differ.

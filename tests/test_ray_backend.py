@@ -15,9 +15,8 @@ import pytest
 import torch
 
 import fedforge as ff
-from fedforge.backends.base import ClientFailure
 from fedforge.backends.ray_backend import RayBackend, import_ray
-from fedforge.client.types import EvalResult, FitResult, RoundInfo
+from fedforge.client.types import ClientFailure, EvalResult, FitResult, RoundInfo
 from tests.conftest import classifier_federation, make_server
 
 

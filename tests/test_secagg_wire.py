@@ -12,9 +12,8 @@ from grpc_helpers import wait_until
 
 from fedforge.aggregate import Mean, WeightedMean
 from fedforge.backends import Sequential
-from fedforge.backends.base import ClientFailure
 from fedforge.backends.grpc_backend import GrpcBackend
-from fedforge.client.types import RoundInfo
+from fedforge.client.types import ClientFailure, RoundInfo
 from fedforge.secagg import (
     Auto,
     Complete,

@@ -29,10 +29,10 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fedforge.backends.base import ClientFailure, Job
-from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
+from fedforge.client.types import Client, ClientFailure, EvalResult, FitResult, RoundInfo
 from fedforge.params import ClientId, Params, zeros_like
 from fedforge.participant import Participants, Plan
+from fedforge.server.backend import Job
 from fedforge.transport import uplink as up
 from fedforge.transport.chunks import Payload
 from fedforge.transport.proto import fedforge_pb2 as pb

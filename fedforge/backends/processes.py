@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from safetensors.torch import load, load_file, save, save_file
 
-from fedforge.backends.base import ClientFailure, Job, describe
-from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
+from fedforge.client.types import Client, ClientFailure, EvalResult, FitResult, RoundInfo, describe
 from fedforge.params import ClientId, Params
 from fedforge.participant import Stack
+from fedforge.server.backend import Job
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from fedforge.backends.base import ClientFailure, Job, describe
-from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
+from fedforge.client.types import Client, ClientFailure, EvalResult, FitResult, RoundInfo, describe
 from fedforge.params import ClientId, Params
 from fedforge.participant import Stack
+from fedforge.server.backend import Job
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,6 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.utils.data import TensorDataset
 
-from fedforge.backends.base import ClientFailure, FitBatch, FitOutcome, Job, describe
 from fedforge.backends.schedule import client_schedule, schedule, step_count
 from fedforge.backends.vmap_sgd import (
     _CLASS_INDEX_LOSSES,
@@ -69,9 +68,10 @@ from fedforge.backends.vmap_sgd import (
 )
 from fedforge.client.local import LocalPlan
 from fedforge.client.torch_client import TorchClient
-from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
+from fedforge.client.types import Client, ClientFailure, EvalResult, FitResult, RoundInfo, describe
 from fedforge.params import ClientId, Params
 from fedforge.participant import Stack
+from fedforge.server.backend import FitBatch, FitOutcome, Job
 
 log = logging.getLogger(__name__)
 

@@ -45,6 +45,18 @@ class FitResult:
 
 
 @dataclass(frozen=True)
+class ClientFailure:
+    """A participant that raised, crashed or dropped; ``reason`` goes to the log and history."""
+
+    reason: str
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as the one line a failure report carries."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
 class EvalResult:
     loss: float
     num_examples: int

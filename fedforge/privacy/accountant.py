@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import dp_accounting as dpa
 
+from fedforge.plugins import Plugin
 from fedforge.privacy._checks import check_delta
 from fedforge.privacy.accounting import RDP, Method, Relation, epsilon
 from fedforge.privacy.compat import check_composition
 from fedforge.privacy.events import event_from_json, event_to_json
-from fedforge.server.plugins import Plugin
 
 if TYPE_CHECKING:
     from fedforge.server.history import Record

@@ -36,6 +36,7 @@ import torch
 from fedforge.aggregate.base import Accumulator, Aggregator
 from fedforge.aggregate.linear import Mean, Sum, WeightedMean
 from fedforge.params import ClientId, Params, scale
+from fedforge.plugins import Plugin
 from fedforge.privacy._checks import check_clip, check_noise_multiplier
 from fedforge.privacy.accounting import Relation
 from fedforge.privacy.adaptive import AdaptiveClip, next_bound, update_noise_multiplier
@@ -44,7 +45,6 @@ from fedforge.privacy.compat import refuse_nonlinear
 from fedforge.privacy.noise import add_gaussian, generator
 from fedforge.privacy.sampling import Sampling
 from fedforge.seeding import derive_seed
-from fedforge.server.plugins import Plugin
 
 if TYPE_CHECKING:
     from fedforge.server.history import Record

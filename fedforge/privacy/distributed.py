@@ -28,6 +28,7 @@ import dp_accounting as dpa
 from fedforge.aggregate.base import Accumulator, Aggregator
 from fedforge.aggregate.linear import Mean, Sum, WeightedMean
 from fedforge.params import ClientId, Params, scale
+from fedforge.plugins import Plugin
 from fedforge.privacy._checks import check_clip, check_noise_multiplier, check_positive_int
 from fedforge.privacy.accounting import Relation
 from fedforge.privacy.central import check_sampler
@@ -35,7 +36,6 @@ from fedforge.privacy.clip import clip_update
 from fedforge.privacy.compat import refuse_nonlinear
 from fedforge.privacy.noise import add_gaussian, participant_generator
 from fedforge.privacy.sampling import Sampling
-from fedforge.server.plugins import Plugin
 from fedforge.transforms.base import ClientState, Context, Tensors
 
 if TYPE_CHECKING:

@@ -79,13 +79,13 @@ import torch
 
 from fedforge.aggregate.base import Aggregator
 from fedforge.params import ClientId, Params
+from fedforge.plugins import Plugin
 from fedforge.secagg.collector import Collector, Outcome, RoundAborted
 from fedforge.secagg.config import RoundPlan, SecAggConfig
 from fedforge.secagg.dropout import DropoutPlan
 from fedforge.secagg.layout import Layout
 from fedforge.secagg.messages import Transcript
 from fedforge.secagg.simulation import SimulatedRound, Tamper
-from fedforge.server.plugins import Plugin
 from fedforge.transforms.base import Transform
 from fedforge.transforms.pipeline import Pipeline
 from fedforge.transforms.randomk import RandomK

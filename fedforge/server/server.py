@@ -1,4 +1,4 @@
-"""The central server: the round loop across the four seams of DESIGN.md.
+"""The central server: the round loop, its seams and the algorithm's hooks.
 
     distribute  sample participants (seeded), send params + RoundInfo
     client work any Client's fit, run by a Backend, results streamed back
@@ -34,18 +34,19 @@ from fedforge.aggregate import (
     min_participants,
 )
 from fedforge.algorithms import Algorithm, Plain, split
-from fedforge.backends import Backend, ClientFailure, FitBatch, Sequential
-from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
+from fedforge.client.types import Client, ClientFailure, EvalResult, FitResult, RoundInfo
 from fedforge.client.validation import check_update
 from fedforge.optim import FedAvg, ServerOptimizerSpec
 from fedforge.params import ClientId, Params, clone, l2_norm, num_bytes
 from fedforge.participant import Participants, Plan, payload_of
+from fedforge.plugins import Plugin
 from fedforge.seeding import derive_seed
 from fedforge.server import checkpoint as ckpts
+from fedforge.server.backend import Backend, FitBatch
 from fedforge.server.history import History, Record
-from fedforge.server.plugins import Plugin
 from fedforge.server.rundir import RunDir
 from fedforge.server.sampler import Sampler
+from fedforge.server.sequential import Sequential
 from fedforge.server.validate import check_rows
 from fedforge.transforms import Broadcast, Context, Pipeline
 

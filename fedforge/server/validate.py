@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fedforge.backends.base import FitBatch
 from fedforge.client.validation import check_update
 from fedforge.params import Params
+from fedforge.server.backend import FitBatch
 
 
 def check_rows(batch: FitBatch, rows: Tensor, template: Params) -> list[str | None]:

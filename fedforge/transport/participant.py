@@ -23,8 +23,7 @@ from pathlib import Path
 import grpc
 from safetensors.torch import load_file, save_file
 
-from fedforge.backends.base import describe
-from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo, Scalar
+from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo, Scalar, describe
 from fedforge.params import ClientId
 from fedforge.participant import Plan, Stack
 from fedforge.seeding import derive_seed

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from fedforge.server.plugins import Plugin
+from fedforge.plugins import Plugin
 from fedforge.transport.registry import Registry
 
 if TYPE_CHECKING:

@@ -26,8 +26,7 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from fedforge.backends.base import ClientFailure
-from fedforge.client.types import EvalResult, FitResult, RoundInfo
+from fedforge.client.types import ClientFailure, EvalResult, FitResult, RoundInfo
 from fedforge.params import ClientId, Params
 from fedforge.transport.chunks import Payload
 from fedforge.transport.codec import Layout, WireError

@@ -46,8 +46,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import torch
 
-from fedforge.backends.base import ClientFailure
-from fedforge.client.types import FitResult, RoundInfo
+from fedforge.client.types import ClientFailure, FitResult, RoundInfo
 from fedforge.client.validation import check_update
 from fedforge.params import ClientId, Params
 from fedforge.secagg import shamir

@@ -19,8 +19,7 @@ from typing import NoReturn
 import grpc
 import torch
 
-from fedforge.backends.base import ClientFailure
-from fedforge.client.types import EvalResult, FitResult
+from fedforge.client.types import ClientFailure, EvalResult, FitResult
 from fedforge.participant import UPLOAD
 from fedforge.transport.chunks import DEFAULT_CHUNK, Cancelled, frames, read_payload
 from fedforge.transport.codec import WireError, describe_mismatch, parse_specs

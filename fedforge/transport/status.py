@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedforge.server.plugins import Plugin
+from fedforge.plugins import Plugin
 from fedforge.transport.registry import Registry
 
 if TYPE_CHECKING:

@@ -7,9 +7,9 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
-from fedforge.backends.base import ClientFailure, Job, describe
-from fedforge.client.types import Client, EvalResult, FitResult
+from fedforge.client.types import Client, ClientFailure, EvalResult, FitResult, describe
 from fedforge.params import ClientId, Params
+from fedforge.server.backend import Job
 
 log = logging.getLogger(__name__)
 

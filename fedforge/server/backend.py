@@ -19,17 +19,10 @@ from typing import Protocol
 
 from torch import Tensor
 
-from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
+from fedforge.client.types import Client, ClientFailure, EvalResult, FitResult, RoundInfo
 from fedforge.params import ClientId, Params, contiguous_span
 
 Job = tuple[ClientId, RoundInfo]
-
-
-@dataclass(frozen=True)
-class ClientFailure:
-    """A participant that raised, crashed or dropped; ``reason`` goes to the log and history."""
-
-    reason: str
 
 
 @dataclass(frozen=True, eq=False)  # holds tensors: equality would be elementwise
@@ -127,7 +120,3 @@ class Backend(Protocol):
     ) -> Iterator[tuple[ClientId, EvalResult | ClientFailure]]: ...
 
     def close(self) -> None: ...
-
-
-def describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
