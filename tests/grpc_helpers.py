@@ -91,6 +91,7 @@ def run_cli_federation(
     tmp: Path,
     groups: Sequence[str] = ("0-4", "5-9"),
     server_timeout: float = 150.0,
+    client_args: Sequence[str] = (),
 ) -> FederationRun:
     """``fedforge server`` and one ``fedforge client`` process per id group on 127.0.0.1
     (plain text), all with the config overrides ``sets`` (whose ``run.dir`` must be a
@@ -111,6 +112,7 @@ def run_cli_federation(
         port = read_port(port_file)
         for i, ids in enumerate(groups):
             cmd = ["client", "--server", f"127.0.0.1:{port}", *args, "--insecure", "--id", ids]
+            cmd += list(client_args)
             clients.append(fedforge(cmd, tmp / f"client{i}.log"))
         code = server.wait(timeout=server_timeout)
         if code != 0:

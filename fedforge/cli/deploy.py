@@ -102,6 +102,13 @@ def add_parsers(sub: Any) -> None:
         help="participant index (0-based, in client-id order) or client id; "
         "ranges and lists allowed: --id 0-4, --id 2,5 (repeatable)",
     )
+    cli.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep each participant's own state (error-feedback residual, SCAFFOLD control "
+        "variate) in DIR/ID.safetensors, so it survives a restart of this process",
+    )
     _security(cli)
     cli.add_argument("--max-attempts", type=int, default=None, help="give up after N failed joins")
     cli.set_defaults(func=run_client)
@@ -273,6 +280,7 @@ def run_client(args: argparse.Namespace) -> int:
             insecure=args.insecure,
             backoff=Backoff(attempts=args.max_attempts),
             seed=cfg.seed,
+            state_dir=args.state_dir,
         )
     except KeyboardInterrupt:
         return 130

@@ -148,6 +148,8 @@ def serve_all(
     """
     lock = threading.Lock()
     stop = stop or threading.Event()
+    if state_dir is not None:
+        state_dir.mkdir(parents=True, exist_ok=True)
     stats: dict[ClientId, ParticipantStats] = {}
     errors: dict[ClientId, str] = {}
 
