@@ -6,20 +6,24 @@ their ``PYTHONPATH`` (``_child_env``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
 from fedforge.params import Params
+from fedforge.transport.registry import Registry
 
 SMALL = [
     "name=bc-grpc",
@@ -247,3 +251,51 @@ def constant_participants_process(
         env=env,
         start_new_session=True,
     )
+
+
+@contextlib.contextmanager
+def participants_in_threads(
+    clients: Mapping[str, Client], state_dir: Path | None = None, attempts: int = 20
+) -> Iterator[Registry]:
+    """A plain-text ``TransportServer`` on loopback with a registry of ``clients``' ids, and
+    each client served by ``connect`` in a thread of this process (sharing one lock: they
+    usually share a model); everything is stopped on exit. Yields the registry."""
+    from fedforge.transport import Backoff, Registry, TransportServer, connect
+
+    registry = Registry(sorted(clients))
+    transport = TransportServer(registry, insecure=True).start()
+    stop, shared = threading.Event(), threading.Lock()
+    threads = [
+        threading.Thread(
+            target=connect,
+            args=(clients[cid], transport.address),
+            kwargs=dict(
+                client_id=cid,
+                insecure=True,
+                stop=stop,
+                lock=shared,
+                backoff=Backoff(attempts=attempts),
+                state_file=None if state_dir is None else state_dir / f"{cid}.safetensors",
+            ),
+            daemon=True,
+        )
+        for cid in clients
+    ]
+    try:
+        for t in threads:
+            t.start()
+        yield registry
+    finally:
+        stop.set()
+        transport.stop()
+        for t in threads:
+            t.join(timeout=10)
+
+
+def states_by_participant(flat: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """``Server.participant_state()`` (``<id>\\x1f<name>``) split per participant."""
+    out: dict[str, dict[str, Tensor]] = {}
+    for key, v in flat.items():
+        cid, _, rest = key.partition("\x1f")
+        out.setdefault(cid, {})[rest] = v
+    return out

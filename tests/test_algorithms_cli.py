@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from fedforge import config as C
 from fedforge.experiment import build
-from tests.grpc_helpers import overrides, run_cli_federation
+from tests.grpc_helpers import overrides, run_cli_federation, states_by_participant
 
 
 @pytest.mark.parametrize("algorithm", ["scaffold", "fednova"])
@@ -23,10 +23,7 @@ def test_cli_federation_runs_the_algorithm_in_the_participants(tmp_path, algorit
     for k, v in sim.server.params.items():
         assert torch.equal(run.params[k], v), k
     assert [r["aggregated"] for r in run.records] == [5, 5, 5]
-    want: dict[str, dict[str, torch.Tensor]] = {}
-    for key, v in sim.server.participant_state().items():
-        cid, _, rest = key.partition("\x1f")
-        want.setdefault(cid, {})[rest] = v
+    want = states_by_participant(sim.server.participant_state())
     if algorithm == "scaffold":
         assert want and all(any("@scaffold" in k for k in t) for t in want.values())
     for cid, tensors in want.items():

@@ -5,7 +5,6 @@ files, and the run ends bit for bit where the uninterrupted simulation ends."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,8 @@ import fedforge as ff
 from fedforge.algorithms import FedNova, Scaffold
 from fedforge.backends.grpc_backend import GrpcBackend
 from fedforge.params import from_module
-from fedforge.transport import Backoff, Quorum, Registry, TransportServer, connect
+from fedforge.transport import Quorum
+from tests.grpc_helpers import participants_in_threads, states_by_participant
 from tests.test_algorithms import _linear
 
 ROUNDS = 4
@@ -35,28 +35,7 @@ def _server(model, alg, plugins=()):  # type: ignore[no-untyped-def]
 def _grpc_leg(alg, run_dir: Path, state_dir: Path, resume: bool, stop_after):  # type: ignore[no-untyped-def]
     """One life of the server and of every participant process (threads here)."""
     model, clients = _linear()
-    registry = Registry(sorted(clients))
-    transport = TransportServer(registry, insecure=True).start()
-    stop, shared = threading.Event(), threading.Lock()
-    threads = [
-        threading.Thread(
-            target=connect,
-            args=(clients[cid], transport.address),
-            kwargs=dict(
-                client_id=cid,
-                insecure=True,
-                stop=stop,
-                lock=shared,
-                backoff=Backoff(attempts=20),
-                state_file=state_dir / f"{cid}.safetensors",
-            ),
-            daemon=True,
-        )
-        for cid in clients
-    ]
-    try:
-        for t in threads:
-            t.start()
+    with participants_in_threads(clients, state_dir) as registry:
         quorum = Quorum(registry, len(clients), timeout=60)
         server = _server(model, alg, plugins=[quorum])
         if resume:
@@ -70,11 +49,6 @@ def _grpc_leg(alg, run_dir: Path, state_dir: Path, resume: bool, stop_after):  #
             progress=False,
             stop_after=stop_after,
         )
-    finally:
-        stop.set()
-        transport.stop()
-        for t in threads:
-            t.join(timeout=10)
     return server
 
 
@@ -98,10 +72,7 @@ def test_grpc_run_stopped_resumed_and_restarted_equals_the_simulation(tmp_path, 
     assert server.participant_state() == {}  # the participants keep theirs
 
     # Each participant's own state file holds what the simulated stack holds.
-    want: dict[str, dict[str, torch.Tensor]] = {}
-    for key, v in sim.participant_state().items():
-        cid, _, rest = key.partition("\x1f")
-        want.setdefault(cid, {})[rest] = v
+    want = states_by_participant(sim.participant_state())
     if isinstance(alg, Scaffold):
         assert want, "SCAFFOLD participants hold control variates"
     for cid, tensors in want.items():

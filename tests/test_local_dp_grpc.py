@@ -4,8 +4,6 @@ bit for bit where the simulation with the same seeds ends."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -18,7 +16,8 @@ from fedforge.participant import Participants, Plan, payload_of
 from fedforge.privacy.clip import clip_update
 from fedforge.privacy.local import LocalGaussian
 from fedforge.transforms import Pipeline
-from fedforge.transport import Backoff, Quorum, Registry, TransportServer, connect
+from fedforge.transport import Quorum, Registry
+from tests.grpc_helpers import participants_in_threads
 
 IDS = ["a", "b", "c"]
 CLIP, Z = 0.5, 0.8
@@ -84,37 +83,12 @@ def test_local_dp_noise_is_added_by_the_participant_over_grpc() -> None:
     sim.run(sim_clients, 2, progress=False)
 
     model, clients = _federation()
-    registry = Registry(IDS)
-    transport = TransportServer(registry, insecure=True).start()
-    stop, shared_model = threading.Event(), threading.Lock()
-    threads = [
-        threading.Thread(
-            target=connect,
-            args=(clients[cid], transport.address),
-            kwargs=dict(
-                client_id=cid,
-                insecure=True,
-                stop=stop,
-                lock=shared_model,  # the three participants share one module
-                backoff=Backoff(attempts=20),
-            ),
-            daemon=True,
-        )
-        for cid in IDS
-    ]
-    try:
-        for t in threads:
-            t.start()
+    with participants_in_threads(clients) as registry:
         quorum = Quorum(registry, len(IDS), timeout=60)
         server = _server(model, plugins=[quorum])
         assert quorum.gather(server) is None
         backend = _Wiretap(registry)
         server.run(registry, 2, backend=backend, progress=False)
-    finally:
-        stop.set()
-        transport.stop()
-        for t in threads:
-            t.join(timeout=10)
 
     # Bit for bit the simulation: the same noise, drawn in the participants' own stacks.
     for k, v in sim.params.items():

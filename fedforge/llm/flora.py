@@ -30,9 +30,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from fedforge.algorithms.base import AlgoState
+from fedforge.algorithms.base import Plain
 from fedforge.client.local import LocalPlan
-from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
+from fedforge.client.types import EvalResult, FitResult, RoundInfo
 from fedforge.llm.adapters import LoraSpec, adapter_params, check_targets, lora_config
 from fedforge.llm.aggregation import lora_pairs, stack_adapters
 from fedforge.llm.client import llm_plan, local_train
@@ -140,18 +140,12 @@ class FloraClient:
 
 
 @dataclass(frozen=True)
-class Flora:
-    """The algorithm's hooks: every one the identity but the upload check (ranks differ)."""
+class Flora(Plain):
+    """The algorithm's hooks: plain averaging's, but for the upload check (ranks differ)."""
 
     max_rank: int = 256
 
     kind: ClassVar[str] = "flora"
-
-    def init_state(self, params: Params) -> Params:
-        return {}
-
-    def broadcast(self, state: Params) -> Params:
-        return {}
 
     def layout(self, params: Params) -> Params | None:
         return None  # each participant's rank is its own
@@ -175,16 +169,6 @@ class Flora:
             if not (tensor_is_finite(f.a) and tensor_is_finite(f.b)):
                 return f"module {m!r}: the factors contain NaN or Inf"
         return None
-
-    def local(
-        self, client: Client, params: Params, received: Params, info: RoundInfo, state: AlgoState
-    ) -> FitResult:
-        return client.fit(params, info)
-
-    def finalize(
-        self, aggregate: Params, extras: Params, state: Params, sampled: int, population: int
-    ) -> tuple[Params, Params]:
-        return aggregate, state
 
 
 class LoraStacking:

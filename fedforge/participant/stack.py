@@ -72,7 +72,7 @@ class Plan:
     @property
     def identity(self) -> bool:
         """True when the stack sends ``fit``'s update as it is (nothing to run around it)."""
-        return not self.uplink.transforms and isinstance(self.algorithm, Plain)
+        return not self.uplink.transforms and self.algorithm.kind == Plain.kind
 
     def template(self, params: Params) -> Params | None:
         """The layout of an upload: the model's tensors and the algorithm's extras (None:
