@@ -50,8 +50,9 @@ class StatusFile(Plugin):
         while not self._stop.wait(self.every):
             self.write()
 
-    def write(self) -> None:
-        doc: dict[str, Any] = {
+    def doc(self) -> dict[str, Any]:
+        """What the status file holds: also the live status of ``fedforge.dashboard``."""
+        return {
             "address": self.address,
             "pid": os.getpid(),
             "phase": self.phase,
@@ -60,6 +61,9 @@ class StatusFile(Plugin):
             "updated": time.time(),
             **self.registry.snapshot(),
         }
+
+    def write(self) -> None:
+        doc = self.doc()
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, self.path)
@@ -88,7 +92,7 @@ def read(run_dir: str | Path) -> dict[str, Any]:
     return doc
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -100,10 +104,10 @@ def _alive(pid: int) -> bool:
 
 def render(doc: dict[str, Any], last_rounds: list[dict[str, Any]]) -> str:
     age = time.time() - float(doc.get("updated", 0))
-    alive = _alive(int(doc.get("pid", 0))) if doc.get("pid") else False
+    running = alive(int(doc.get("pid", 0))) if doc.get("pid") else False
     lines = [
         f"server     {doc.get('address')}  pid {doc.get('pid')} "
-        f"({'running' if alive else 'not running'}; status written {age:.0f} s ago)",
+        f"({'running' if running else 'not running'}; status written {age:.0f} s ago)",
         f"phase      {doc.get('phase')}",
         f"round      {doc.get('round')} of {doc.get('rounds')}",
         f"connected  {len(doc.get('connected', []))}: {' '.join(doc.get('connected', []))}",
