@@ -123,7 +123,7 @@ def participants(records: Sequence[Record], live: Mapping[str, Any] | None) -> D
         rest = [x for x in ordered if x.last_outcome not in ("dropped", "rejected")]
         ordered = sorted((trouble + rest)[:MAX_PARTICIPANT_ROWS], key=lambda x: x.id)
     return {
-        "rows": [x.doc(cid in connected if live is not None else None) for x in ordered],
+        "rows": [x.doc(x.id in connected if live is not None else None) for x in ordered],
         "total": len(rows),
         "connected": len(connected) if live is not None else None,
         "per_round_ids": any("sampled_ids" in r for r in records),
