@@ -107,3 +107,21 @@ def test_view_privacy_progress_and_compression() -> None:
     assert view["compression"]["uplink"] == ["quantize"] and view["compression"]["ratio_up"] == 4.0
     assert view["metrics"] == {"names": ["accuracy"], "default": "accuracy"}
     assert "sampled_ids" not in slim_record(RECORDS[0])
+
+
+def test_a_stale_federation_json_means_no_server_and_no_one_connected(tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    from fedforge.dashboard.app import Hub
+
+    doc = {"address": "127.0.0.1:1", "phase": "round 2 running", "connected": ["a"],
+           "participants": {"a": {"bytes_down": 1, "bytes_up": 1, "last_seen": 1.0}}}  # fmt: skip
+    fed = tmp_path / "federation.json"
+    for age, state, connected in ((0.0, "round 2 running", 1), (60.0, "server not running", 0)):
+        fed.write_text(json.dumps({**doc, "updated": time.time() - age}))
+        hub = Hub(tmp_path)
+        asyncio.run(hub.refresh())
+        view = hub.snapshot.view
+        assert view["progress"]["state"] == state and view["run"]["mode"] == "deployment"
+        assert view["participants"]["connected"] == connected

@@ -31,13 +31,13 @@ from fedforge.dashboard.auth import Guard
 from fedforge.dashboard.reader import RunFiles, RunReader
 from fedforge.dashboard.view import Doc, build_view, slim_record
 from fedforge.server.history import Record
-from fedforge.transport import status as status_file
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 LiveStatus = Callable[[], Mapping[str, Any]]  # what fedforge.transport.status writes
 HEARTBEAT_S = 15.0
+STALE_S = 15.0  # federation.json older than this: the server is not running
 
 
 def _finite(v: Any) -> Any:
@@ -99,7 +99,9 @@ class Hub:
         doc = files.federation
         if doc is None:
             return None  # a simulation: no server process to ask
-        alive = bool(doc.get("pid")) and status_file.alive(int(doc["pid"]))
+        # the server rewrites it every second; the reader may be on another machine than
+        # the server (a shared disk), so its age tells, not whether its pid runs here
+        alive = time.time() - float(doc.get("updated", 0)) < STALE_S
         if not alive:  # a server that is gone has no one connected
             return {**doc, "alive": False, "connected": []}
         return {**doc, "alive": True}

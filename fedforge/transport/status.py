@@ -92,7 +92,7 @@ def read(run_dir: str | Path) -> dict[str, Any]:
     return doc
 
 
-def alive(pid: int) -> bool:
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -104,10 +104,10 @@ def alive(pid: int) -> bool:
 
 def render(doc: dict[str, Any], last_rounds: list[dict[str, Any]]) -> str:
     age = time.time() - float(doc.get("updated", 0))
-    running = alive(int(doc.get("pid", 0))) if doc.get("pid") else False
+    alive = _alive(int(doc.get("pid", 0))) if doc.get("pid") else False
     lines = [
         f"server     {doc.get('address')}  pid {doc.get('pid')} "
-        f"({'running' if running else 'not running'}; status written {age:.0f} s ago)",
+        f"({'running' if alive else 'not running'}; status written {age:.0f} s ago)",
         f"phase      {doc.get('phase')}",
         f"round      {doc.get('round')} of {doc.get('rounds')}",
         f"connected  {len(doc.get('connected', []))}: {' '.join(doc.get('connected', []))}",
