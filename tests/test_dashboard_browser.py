@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from fedforge.transport.testing import fedforge, participants_process, read_port, set_args
+from grpc_helpers import fedforge, participants_process, read_port, set_args
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")

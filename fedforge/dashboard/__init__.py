@@ -7,6 +7,21 @@ a server process with its live status (``fedforge server --dashboard``). Needs t
 ``dashboard`` extra (Starlette, uvicorn).
 """
 
-from fedforge.dashboard.serve import DEFAULT_PORT, Certs, Dashboard, resolve_token, serve
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedforge.dashboard.service import DEFAULT_PORT, Certs, Dashboard, resolve_token, serve
 
 __all__ = ["DEFAULT_PORT", "Certs", "Dashboard", "resolve_token", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    # imported on first use: the ``fedforge`` command line builds its ``dashboard``
+    # subcommand from this package, and must work without the web stack installed
+    if name in __all__:
+        import importlib
+
+        return getattr(importlib.import_module("fedforge.dashboard.service"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

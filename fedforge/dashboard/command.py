@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+DEFAULT_PORT = 8050
+
 _DESCRIPTION = """\
 Serve a live, read-only web page of the run in RUN_DIR: round progress and time per
 round, loss and metric curves, participants (sampled, answered, dropped, rejected and
@@ -26,8 +28,6 @@ _EXAMPLES = """examples:
 
 def add_parser(sub: Any) -> None:
     """Add ``dashboard`` to ``sub`` (an argparse subparsers action)."""
-    from fedforge.dashboard.serve import DEFAULT_PORT
-
     p = sub.add_parser(
         "dashboard",
         help="serve a live web page of a run directory",
@@ -48,7 +48,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedforge.dashboard.serve import Certs, serve
+    from fedforge.dashboard.service import Certs, serve
 
     serve(
         args.run_dir,

@@ -20,10 +20,10 @@ import uvicorn
 
 from fedforge.dashboard.app import Hub, LiveStatus, create_app
 from fedforge.dashboard.auth import Guard, is_loopback, new_token
+from fedforge.dashboard.command import DEFAULT_PORT
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 8050
 PLAIN_WARNING = (
     "fedforge dashboard: warning: serving beyond loopback without TLS; the token travels in "
     "plain text (give --certs DIR to serve over TLS)"
