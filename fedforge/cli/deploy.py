@@ -83,6 +83,18 @@ def add_parsers(sub: Any) -> None:
         help="largest model/update accepted, in MiB (default 16384)",
     )
     srv.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    srv.add_argument(
+        "--dashboard",
+        type=int,
+        metavar="PORT",
+        help="also serve the live dashboard on PORT (0: any free port; see fedforge dashboard)",
+    )
+    srv.add_argument(
+        "--dashboard-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the dashboard's address (default 127.0.0.1; any other prints a token)",
+    )
     srv.set_defaults(func=run_server)
 
     cli = sub.add_parser(
@@ -215,6 +227,15 @@ def run_server(args: argparse.Namespace) -> int:
     live = status.StatusFile(run_dir.path, registry, server.address, cfg.server.rounds).start()
     quorum = Quorum(registry, need, args.join_timeout)
     sim.server.plugins.extend([quorum, live])
+    dashboard = None
+    if args.dashboard is not None:
+        from fedforge.dashboard import Certs, Dashboard
+
+        certs = None if args.insecure else Certs.from_dir(args.certs)
+        dashboard = Dashboard(
+            run_dir.path, args.dashboard_host, args.dashboard, certs=certs, status=live.doc
+        ).start()
+        dashboard.announce()
     try:
         why = quorum.gather(sim.server)
         if why is not None:
@@ -232,6 +253,8 @@ def run_server(args: argparse.Namespace) -> int:
     finally:
         live.stop("stopped" if sim.server.stopped else "finished")
         server.stop()
+        if dashboard is not None:
+            dashboard.stop()
     summary_table(history, f"{cfg.name}: {len(history)} rounds")
     if sim.server.stopped:
         print(f"stopped early: {sim.server.stopped}", file=sys.stderr)

@@ -312,7 +312,9 @@ class Server:
         record: Record = {
             "round": r,
             "sampled": len(sampled),
+            "sampled_ids": list(sampled),  # who was asked: the dashboard's participant table
             "aggregated": acc.count,
+            "model_bytes": num_bytes(self.params),  # one uncompressed copy: compression ratios
             "bytes_down": bytes_down,
             "bytes_up": tally.bytes_up,
         }

@@ -50,8 +50,9 @@ class StatusFile(Plugin):
         while not self._stop.wait(self.every):
             self.write()
 
-    def write(self) -> None:
-        doc: dict[str, Any] = {
+    def doc(self) -> dict[str, Any]:
+        """What the status file holds: also the live status of ``fedforge.dashboard``."""
+        return {
             "address": self.address,
             "pid": os.getpid(),
             "phase": self.phase,
@@ -60,6 +61,9 @@ class StatusFile(Plugin):
             "updated": time.time(),
             **self.registry.snapshot(),
         }
+
+    def write(self) -> None:
+        doc = self.doc()
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, self.path)
