@@ -1,6 +1,12 @@
 """Aggregators: how the server combines participants' updates."""
 
-from fedforge.aggregate.base import Accumulator, AggregationAborted, Aggregator, RowAccumulator
+from fedforge.aggregate.base import (
+    Accumulator,
+    AggregationAborted,
+    Aggregator,
+    MaskedAccumulator,
+    RowAccumulator,
+)
 from fedforge.aggregate.bulyan import Bulyan, bulyan
 from fedforge.aggregate.coordinatewise import (
     CoordinateMedian,
@@ -24,6 +30,7 @@ __all__ = [
     "CoordinateMedian",
     "GeometricMedian",
     "Krum",
+    "MaskedAccumulator",
     "Mean",
     "MultiKrum",
     "NormBound",

@@ -48,6 +48,15 @@ class RowAccumulator(Accumulator, Protocol):
         of each row. Raises ``ValueError`` if the rows do not fit the template."""
 
 
+@runtime_checkable
+class MaskedAccumulator(Accumulator, Protocol):
+    """An accumulator that folds masked uploads (secure aggregation): words the server can
+    only add into the round's sum, never read one by one."""
+
+    def add_masked(self, words: Tensor, weight: float, client: ClientId) -> None:
+        """Fold ``client``'s masked words; a refused input is recorded, not raised."""
+
+
 class Aggregator(Protocol):
     @property
     def name(self) -> str: ...

@@ -11,8 +11,8 @@ log line says who was asked, who answered, the bytes each way and the time.
 With secure aggregation (``registry.secagg``, a ``fedforge.transport.secagg.GrpcSecAgg``)
 a fit task asks for the participant's masked input, and only those in the round's setup
 get one; the others fail with the reason, and no participant is ever asked for its
-update in the clear. The masked words go to the secure aggregation round, and the server
-gets a placeholder update (zeros) in their place (see ``fedforge.transport.secagg``).
+update in the clear. Each answer reaches the server as a ``MaskedUpload``, which only the
+secure aggregator can add into the round's sum (see ``fedforge.transport.secagg``).
 
 Each participant runs its whole stack (``fedforge.participant``) in its own process: the
 stack's plan (the uplink pipeline: clipping, local DP, compression, error feedback) is
@@ -29,8 +29,15 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fedforge.client.types import Client, ClientFailure, EvalResult, FitResult, RoundInfo
-from fedforge.params import ClientId, Params, zeros_like
+from fedforge.client.types import (
+    Client,
+    ClientFailure,
+    EvalResult,
+    FitResult,
+    MaskedUpload,
+    RoundInfo,
+)
+from fedforge.params import ClientId, Params
 from fedforge.participant import Participants, Plan
 from fedforge.server.backend import Job
 from fedforge.transport import uplink as up
@@ -113,7 +120,6 @@ class GrpcBackend:
                 self.registry.submit(cid, kind, info, payload, template=remote.template, secagg=req)
             )
         tasks = [e for e in entries if isinstance(e, Task)]
-        placeholder = zeros_like(params) if remote is not None else None
         deadline = time.monotonic() + self.round_timeout
         try:
             for entry in entries:
@@ -129,13 +135,13 @@ class GrpcBackend:
                             f"no answer within the round deadline ({self.round_timeout:g} s)"
                         ),
                     )
-                out = task.outcome
-                if remote is not None and placeholder is not None and isinstance(out, FitResult):
-                    why = remote.receive(task.client, out)
+                out: object = task.outcome
+                if remote is not None and isinstance(out, FitResult):
+                    up_ = remote.upload(out)
                     out = (
-                        ClientFailure(f"secure aggregation: {why}")
-                        if why is not None
-                        else FitResult(placeholder, out.num_examples, out.metrics)
+                        up_
+                        if isinstance(up_, MaskedUpload)
+                        else ClientFailure(f"secure aggregation: {up_}")
                     )
                 traffic.bytes_down += task.sent_bytes
                 traffic.bytes_up += task.received_bytes

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from torch import Tensor
+
 from fedforge.params import Params
 
 Scalar = float | int | str | bool
@@ -40,6 +42,16 @@ class FitResult:
     """A participant's answer to ``fit``: ``update`` is new minus old parameters."""
 
     update: Params
+    num_examples: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)  # holds a tensor: equality would be elementwise
+class MaskedUpload:
+    """A securely aggregated participant's upload: its masked words, which the server can
+    only add into the round's sum (``fedforge.secagg``); never its update in the clear."""
+
+    words: Tensor  # 1-D, the fixed-point words of the masked, weighted update
     num_examples: int
     metrics: Mapping[str, float] = field(default_factory=dict)
 

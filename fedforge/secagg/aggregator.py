@@ -76,6 +76,7 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+from torch import Tensor
 
 from fedforge.aggregate.base import Aggregator
 from fedforge.params import ClientId, Params
@@ -139,7 +140,13 @@ class RoundDriver(Protocol):
         ...
 
     def add(self, cid: ClientId, update: Params, weight: float, layout: Layout) -> str | None:
-        """Take ``cid``'s masked input into the sum; returns why not, or None."""
+        """Mask ``cid``'s update (a simulated participant) and take it into the sum;
+        returns why not, or None."""
+        ...
+
+    def add_masked(self, cid: ClientId, words: Tensor, weight: float) -> str | None:
+        """Take the masked words ``cid`` sent (a remote participant masked them); returns
+        why not, or None."""
         ...
 
     def finish(self) -> Outcome:
@@ -361,6 +368,18 @@ class _SecureSum:
             return
         a = float(weight) if self._owner.weighted else 1.0
         why = self._sim.add(client, update, a, self._layout)
+        if why is not None:
+            log.warning("round %d: masked input of %s not taken: %s", r, client, why)
+            self.refused[client] = why
+            return
+        self.count += 1
+
+    def add_masked(self, words: Tensor, weight: float, client: ClientId) -> None:
+        r = self._round
+        if r in self._owner.aborted or self._sim is None:
+            return
+        a = float(weight) if self._owner.weighted else 1.0
+        why = self._sim.add_masked(client, words, a)
         if why is not None:
             log.warning("round %d: masked input of %s not taken: %s", r, client, why)
             self.refused[client] = why

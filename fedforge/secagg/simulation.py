@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
+from torch import Tensor
 
 from fedforge.params import ClientId, Params
 from fedforge.secagg.collector import Collector, Outcome, RoundAborted
@@ -174,6 +175,10 @@ class SimulatedRound:
         return self.submit(cid, x, weight)
 
     # --- stage 5 ------------------------------------------------------------------------
+    def add_masked(self, cid: ClientId, words: Tensor, weight: float) -> str | None:
+        """Simulated participants mask in ``add``; masked words come only over a channel."""
+        return "this round's participants are simulated: they mask in add, not on a carrier"
+
     def finish(self) -> Outcome:
         """Unmask the sum of what was submitted; raises ``RoundAborted`` with the reason."""
         srv = self.server

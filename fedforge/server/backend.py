@@ -19,7 +19,14 @@ from typing import Protocol
 
 from torch import Tensor
 
-from fedforge.client.types import Client, ClientFailure, EvalResult, FitResult, RoundInfo
+from fedforge.client.types import (
+    Client,
+    ClientFailure,
+    EvalResult,
+    FitResult,
+    MaskedUpload,
+    RoundInfo,
+)
 from fedforge.params import ClientId, Params, contiguous_span
 
 Job = tuple[ClientId, RoundInfo]
@@ -94,12 +101,12 @@ class FitBatch:
         )
 
 
-FitOutcome = tuple[ClientId, FitResult | ClientFailure] | FitBatch
+FitOutcome = tuple[ClientId, FitResult | MaskedUpload | ClientFailure] | FitBatch
 
 
 def each_result(
     outcomes: Iterable[FitOutcome],
-) -> Iterator[tuple[ClientId, FitResult | ClientFailure]]:
+) -> Iterator[tuple[ClientId, FitResult | MaskedUpload | ClientFailure]]:
     """A backend's ``fit`` outcomes one participant at a time (batches unpacked in order)."""
     for item in outcomes:
         if isinstance(item, FitBatch):

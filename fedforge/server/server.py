@@ -27,6 +27,7 @@ from fedforge.aggregate import (
     Accumulator,
     AggregationAborted,
     Aggregator,
+    MaskedAccumulator,
     NormBound,
     RowAccumulator,
     WeightedMean,
@@ -34,7 +35,14 @@ from fedforge.aggregate import (
     min_participants,
 )
 from fedforge.algorithms import Algorithm, Plain, split
-from fedforge.client.types import Client, ClientFailure, EvalResult, FitResult, RoundInfo
+from fedforge.client.types import (
+    Client,
+    ClientFailure,
+    EvalResult,
+    FitResult,
+    MaskedUpload,
+    RoundInfo,
+)
 from fedforge.client.validation import check_update
 from fedforge.optim import FedAvg, ServerOptimizerSpec
 from fedforge.params import ClientId, Params, clone, l2_norm, num_bytes
@@ -236,8 +244,21 @@ class Server:
                 return f"{p.name}: {reason}"
         return None
 
-    def _take(self, r: int, cid: ClientId, res: FitResult, acc: Accumulator, t: _Tally) -> None:
-        """One participant's result: through the pipeline, validated, folded (or left out)."""
+    def _take(
+        self, r: int, cid: ClientId, res: FitResult | MaskedUpload, acc: Accumulator, t: _Tally
+    ) -> None:
+        """One participant's result: through the pipeline, validated, folded (or left out).
+        A masked upload goes straight into a secure accumulator, the only one that can add
+        it (the server cannot read it, so cannot check it: the accumulator refuses bad ones)."""
+        if isinstance(res, MaskedUpload):
+            t.bytes_up += res.words.nbytes
+            if not isinstance(acc, MaskedAccumulator):
+                t.rejected[cid] = "a masked upload, but this round is not securely aggregated"
+                log.warning("round %d: update from %s left out: %s", r, cid, t.rejected[cid])
+                return
+            acc.add_masked(res.words, res.num_examples, cid)
+            self._tally_loss(t, res.metrics, res.num_examples)
+            return
         update, size, why = self._receive(r, cid, res)
         if why is None and self.update_bound is not None:
             why = self.update_bound.check(update)
@@ -247,9 +268,13 @@ class Server:
             t.rejected[cid] = why
             return
         acc.add(update, res.num_examples, cid)
-        if "train_loss" in res.metrics:
-            t.loss_sum += float(res.metrics["train_loss"]) * res.num_examples
-            t.loss_weight += res.num_examples
+        self._tally_loss(t, res.metrics, res.num_examples)
+
+    @staticmethod
+    def _tally_loss(t: _Tally, metrics: Mapping[str, float], n: int) -> None:
+        if "train_loss" in metrics:
+            t.loss_sum += float(metrics["train_loss"]) * n
+            t.loss_weight += n
 
     def _take_batch(self, r: int, batch: FitBatch, acc: Accumulator, t: _Tally) -> None:
         """A backend's batch of results: validated and folded row by row in one go when

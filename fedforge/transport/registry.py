@@ -26,7 +26,7 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from fedforge.client.types import ClientFailure, EvalResult, FitResult, RoundInfo
+from fedforge.client.types import ClientFailure, EvalResult, FitResult, MaskedUpload, RoundInfo
 from fedforge.params import ClientId, Params
 from fedforge.transport.chunks import Payload
 from fedforge.transport.codec import Layout, WireError
@@ -57,8 +57,8 @@ class MaskedRound(Protocol):
         """The masked-input request for ``cid``'s fit, or ``None`` and why not."""
         ...
 
-    def receive(self, cid: ClientId, result: FitResult) -> str | None:
-        """Take ``cid``'s masked input; a reason if it is refused."""
+    def upload(self, result: FitResult) -> MaskedUpload | str:
+        """A fit answer as the masked upload it must be, or why it is not one."""
         ...
 
 

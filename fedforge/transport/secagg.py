@@ -29,10 +29,10 @@ dropout from then on, exactly as ``DropoutPlan`` simulates it; the server recons
 what it needs from the others' shares, or aborts the round below the threshold.
 
 The masked input is a fit result whose only tensor is ``"secagg.masked"`` (the words,
-int64/int32 on the wire). ``GrpcBackend`` hands it to the round (``receive``) and gives
-the server a placeholder update of zeros in its place, so the server's round loop is
-unchanged; the placeholder never reaches the sum (the aggregator's ``add`` takes the
-masked words instead).
+int64/int32 on the wire). ``GrpcBackend`` hands the server a ``MaskedUpload`` of those
+words; the server gives it to the secure aggregator's accumulator (``add_masked``), which
+adds the words into the round's sum (``RemoteRound.add_masked``); nothing else of the
+server ever reads them.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import torch
 
-from fedforge.client.types import ClientFailure, FitResult, RoundInfo
+from fedforge.client.types import ClientFailure, FitResult, MaskedUpload, RoundInfo
 from fedforge.client.validation import check_update
 from fedforge.params import ClientId, Params
 from fedforge.secagg import shamir
@@ -252,7 +252,6 @@ class RemoteRound:
         self.template = masked_layout(self.dim, config.fixed)
         self.gone: dict[ClientId, str] = {}  # silent from now on, and why
         self.cpu: dict[ClientId, float] = {}  # server CPU seconds (SERVER)
-        self.pending: dict[ClientId, np.ndarray] = {}  # masked inputs received, not yet added
         self.outcome: Outcome | None = None
 
     # --- plumbing -----------------------------------------------------------------------
@@ -361,30 +360,30 @@ class RemoteRound:
         self._record(Stage.MASKED_INPUT, SERVER, cid, "active_neighbours", req.ByteSize(), active)
         return req, None
 
-    def receive(self, cid: ClientId, result: FitResult) -> str | None:
-        """A masked input arrived in ``cid``'s fit answer; returns why it is unusable."""
+    def upload(self, result: FitResult) -> MaskedUpload | str:
+        """``cid``'s fit answer as the masked upload it must be, or why it is not one."""
         t = result.update.get(MASKED)
-        if t is None or tuple(t.shape) != (self.dim,):
+        if len(result.update) != 1 or t is None or tuple(t.shape) != (self.dim,):
             return f"masked input is not {self.dim} words"
-        y = t.numpy().view(self.config.fixed.dtype)  # the receiver's own fresh buffer
-        self._record(Stage.MASKED_INPUT, cid, SERVER, "masked_input", y.nbytes + 8, y)
-        self.pending[cid] = y
-        return None
+        return MaskedUpload(t, result.num_examples, result.metrics)
 
     def add(self, cid: ClientId, update: Params, weight: float, layout: Layout) -> str | None:
-        """The aggregator's ``add``: ``update`` is the placeholder; the masked words that
-        came with it go into the sum."""
-        y = self.pending.pop(cid, None)
-        if y is None:
-            return "no masked input received from it this round"
+        """An update in the clear is never taken in a securely aggregated round."""
+        return "a securely aggregated round takes masked inputs only, never an update"
+
+    def add_masked(self, cid: ClientId, words: torch.Tensor, weight: float) -> str | None:
+        """Take ``cid``'s masked words into the sum; returns why not, or None."""
+        if tuple(words.shape) != (self.dim,):
+            return f"masked input is not {self.dim} words"
         if weight > self.config.fixed.max_weight:
             return f"weight {weight} exceeds max_weight {self.config.fixed.max_weight}"
+        y = words.numpy().view(self.config.fixed.dtype)  # the receiver's own fresh buffer
+        self._record(Stage.MASKED_INPUT, cid, SERVER, "masked_input", y.nbytes + 8, y)
         return self._timed(self.server.take_masked, cid, y, weight)
 
     # --- stage 5 ------------------------------------------------------------------------
     def finish(self) -> Outcome:
         srv = self.server
-        self.pending.clear()
         self._timed(srv.close_inputs)
         reqs: dict[ClientId, tuple[pb.SecAggRequest, object]] = {}
         for cid in self._alive():
