@@ -75,7 +75,7 @@ class _CharLSTM(nn.Module):
 
 
 def char_lstm(
-    vocab_size: int = 80, embed_dim: int = 8, hidden: int = 256, layers: int = 2
+    vocab_size: int, embed_dim: int, hidden: int, layers: int
 ) -> nn.Module:
     return _CharLSTM(vocab_size, embed_dim, hidden, layers)
 
