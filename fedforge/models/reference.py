@@ -74,9 +74,7 @@ class _CharLSTM(nn.Module):
         return self.head(out[:, -1])  # predict the character after the sequence
 
 
-def char_lstm(
-    vocab_size: int, embed_dim: int, hidden: int, layers: int
-) -> nn.Module:
+def char_lstm(vocab_size: int, embed_dim: int, hidden: int, layers: int) -> nn.Module:
     return _CharLSTM(vocab_size, embed_dim, hidden, layers)
 
 
