@@ -134,7 +134,7 @@ def dirichlet(
 def shards(
     labels: npt.ArrayLike,
     num_clients: int,
-    shards_per_client: int,
+    shards_per_client: int = 2,
     *,
     seed: int,
 ) -> list[IndexArray]:
