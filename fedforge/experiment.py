@@ -1,233 +1,73 @@
 """From a validated ``ExperimentConfig`` to a runnable simulation.
 
-Each config variant maps to its builder by type (``singledispatch``), so a new
-dataset or model is a new variant plus a new registered function.
+Every component of the config is a ``fedforge.components`` declaration and is built by
+its own ``build``; this module wires the built parts into a ``Server``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from functools import singledispatch
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from fedforge import components
 from fedforge import config as C
 from fedforge import data as D
-from fedforge import models
-from fedforge.aggregate import (
-    Aggregator,
-    Bulyan,
-    CoordinateMedian,
-    GeometricMedian,
-    Krum,
-    Mean,
-    MultiKrum,
-    NormBound,
-    NormClip,
-    Sum,
-    TrimmedMean,
-    WeightedMean,
-)
-from fedforge.algorithms import Algorithm, FedNova, Plain, Scaffold
+from fedforge.aggregate import Aggregator, NormBound
+from fedforge.algorithms import Algorithm
 from fedforge.backends import Backend, Processes, Sequential
 from fedforge.client import TorchClient, adam, central_evaluator, classification, regression, sgd
 from fedforge.client.tasks import Task
-from fedforge.config.schema import _Partitioned
-from fedforge.optim import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, ServerOptimizerSpec
+from fedforge.components import Declaration
+from fedforge.optim import ServerOptimizerSpec
 from fedforge.params import ClientId, from_module
 from fedforge.secagg import SecAggConfig, SecureAggregator
 from fedforge.secagg.fixedpoint import FixedPoint
 from fedforge.secagg.graph import Auto, Complete, GraphChoice, Sparse
 from fedforge.server import EvalPlan, RunDir, Sampler, Server
-from fedforge.transforms import (
-    Broadcast,
-    Cast,
-    ErrorFeedback,
-    LowRank,
-    Pipeline,
-    Quantize,
-    RandomK,
-    TopK,
-    Transform,
-    Zstd,
-)
+from fedforge.transforms import Broadcast, Pipeline
 
 if TYPE_CHECKING:
     from fedforge.privacy import DPFedAvg, PrivacyAccountant
     from fedforge.secagg.aggregator import Channel
 
-# --- data ---------------------------------------------------------------------------------
+
+def build_data(cfg: Declaration, seed: int) -> D.FederatedData:
+    """The ``[data]`` section's participants and test set."""
+    data: D.FederatedData = cfg.build(seed)
+    return data
 
 
-@singledispatch
-def _split(p: Any, labels: Any, num_items: int, num_clients: int, seed: int) -> list[Any]:
-    raise TypeError(f"no partitioner for {type(p).__name__}")
+def build_model(cfg: Declaration, fd: D.FederatedData) -> nn.Module:
+    """The ``[model]`` section, sized for ``fd``'s inputs and classes."""
+    model: nn.Module = cfg.build(fd.input_shape, fd.num_classes)
+    return model
 
 
-@_split.register
-def _(p: C.IID, labels: Any, num_items: int, num_clients: int, seed: int) -> list[Any]:
-    return D.iid(num_items, num_clients, seed=seed)
+def aggregator(cfg: Declaration) -> Aggregator:
+    agg: Aggregator = cfg.build()
+    return agg
 
 
-@_split.register
-def _(p: C.Dirichlet, labels: Any, num_items: int, num_clients: int, seed: int) -> list[Any]:
-    return D.dirichlet(labels, num_clients, p.alpha, seed=seed)
-
-
-@_split.register
-def _(p: C.Shards, labels: Any, num_items: int, num_clients: int, seed: int) -> list[Any]:
-    return D.shards(labels, num_clients, p.shards_per_client, seed=seed)
-
-
-def _federate(
-    cfg: _Partitioned, train: Any, test: Any, seed: int, classes: int | None
-) -> D.FederatedData:
-    labels = D.partition_labels(train) if classes is not None else None
-    if labels is None and not isinstance(cfg.partition, C.IID):
-        raise C.ConfigError(
-            f"data.partition.kind: {cfg.partition.kind!r} needs class labels; "
-            "a regression dataset allows only 'iid'"
-        )
-    parts = _split(cfg.partition, labels, len(train), cfg.num_clients, seed)
-    clients = D.split_by_partition(train, parts, eval_fraction=cfg.eval_fraction, seed=seed)
-    shape = tuple(train.tensors[0].shape[1:])
-    return D.FederatedData(clients, test, classes, shape)
-
-
-@singledispatch
-def build_data(cfg: Any, seed: int) -> D.FederatedData:
-    raise TypeError(f"no data builder for {type(cfg).__name__}")
-
-
-@build_data.register
-def _(cfg: C.SyntheticLinear, seed: int) -> D.FederatedData:
-    train = D.synthetic_linear(cfg.num_examples, cfg.weight, cfg.bias, cfg.noise, seed=seed)
-    test = D.synthetic_linear(max(cfg.num_examples // 4, 1), cfg.weight, cfg.bias, 0.0, seed + 1)
-    return _federate(cfg, train, test, seed, None)
-
-
-@build_data.register
-def _(cfg: C.BreastCancer, seed: int) -> D.FederatedData:
-    train, test = D.breast_cancer(cfg.test_fraction, seed=seed)
-    return _federate(cfg, train, test, seed, 2)
-
-
-@build_data.register
-def _(cfg: C.Digits, seed: int) -> D.FederatedData:
-    train, test = D.digits(cfg.test_fraction, seed=seed)
-    return _federate(cfg, train, test, seed, 10)
-
-
-@build_data.register
-def _(cfg: C.FashionMNIST, seed: int) -> D.FederatedData:
-    train, test = D.fashion_mnist(cfg.path)
-    return _federate(cfg, train, test, seed, 10)
-
-
-@build_data.register
-def _(cfg: C.Shakespeare, seed: int) -> D.FederatedData:
-    return D.shakespeare(
-        cfg.min_chars, cfg.max_clients, cfg.seq_len, cfg.stride, cfg.test_fraction, seed=seed
-    )
-
-
-# --- model --------------------------------------------------------------------------------
-
-
-def _flat_features(fd: D.FederatedData) -> int:
-    n = 1
-    for d in fd.input_shape:
-        n *= d
-    return n
-
-
-def _classes(fd: D.FederatedData, model: str) -> int:
-    if fd.num_classes is None:
-        raise C.ConfigError(f"model.name: {model!r} is a classifier but the dataset is regression")
-    return fd.num_classes
-
-
-@singledispatch
-def build_model(cfg: Any, fd: D.FederatedData) -> nn.Module:
-    raise TypeError(f"no model builder for {type(cfg).__name__}")
-
-
-@build_model.register
-def _(cfg: C.LinearModel, fd: D.FederatedData) -> nn.Module:
-    return models.linear_regression(_flat_features(fd), fd.num_classes or 1)
-
-
-@build_model.register
-def _(cfg: C.LogisticModel, fd: D.FederatedData) -> nn.Module:
-    return nn.Sequential(
-        nn.Flatten(), models.logistic_regression(_flat_features(fd), _classes(fd, cfg.name))
-    )
-
-
-@build_model.register
-def _(cfg: C.MLPModel, fd: D.FederatedData) -> nn.Module:
-    return models.mlp(_flat_features(fd), cfg.hidden, _classes(fd, cfg.name))
-
-
-@build_model.register
-def _(cfg: C.CNNModel, fd: D.FederatedData) -> nn.Module:
-    if len(fd.input_shape) != 3:
-        raise C.ConfigError(f"model.name: 'cnn' needs image inputs (C, H, W), got {fd.input_shape}")
-    c, h, _ = fd.input_shape
-    return models.cnn(c, _classes(fd, cfg.name), h)
-
-
-@build_model.register
-def _(cfg: C.CharLSTMModel, fd: D.FederatedData) -> nn.Module:
-    return models.char_lstm(_classes(fd, cfg.name), cfg.embed_dim, cfg.hidden, cfg.layers)
-
-
-# --- server parts -------------------------------------------------------------------------
-
-AGGREGATORS: dict[str, Callable[..., Aggregator]] = {
-    "weighted_mean": WeightedMean,
-    "mean": Mean,
-    "sum": Sum,
-    "median": CoordinateMedian,
-    "trimmed_mean": TrimmedMean,
-    "krum": Krum,
-    "multi_krum": MultiKrum,
-    "bulyan": Bulyan,
-    "geometric_median": GeometricMedian,
-    "norm_clip": NormClip,
-}
-
-
-def aggregator(cfg: C.AggregatorConfig) -> Aggregator:
-    return AGGREGATORS[cfg.name](**cfg.model_dump(exclude={"name"}))
-
-
-def server_optimizer(cfg: C.ServerOptConfig) -> ServerOptimizerSpec:
-    fields = cfg.model_dump(exclude={"name"})
-    table: dict[str, type[ServerOptimizerSpec]] = {
-        "fedavg": FedAvg,
-        "fedavgm": FedAvgM,
-        "fedadam": FedAdam,
-        "fedyogi": FedYogi,
-        "fedadagrad": FedAdagrad,
-    }
-    return table[cfg.name](**fields)
+def server_optimizer(cfg: Declaration) -> ServerOptimizerSpec:
+    spec: ServerOptimizerSpec = cfg.build()
+    return spec
 
 
 def algorithm(cfg: C.ExperimentConfig) -> Algorithm:
-    """``server.algorithm`` with the local step settings it needs from ``[client]``
-    (the config validated that they fit)."""
-    a, c = cfg.server.algorithm, cfg.client
-    if a == "scaffold":
-        return Scaffold(c.lr)
-    if a == "fednova":
-        return FedNova(c.momentum)
-    return Plain()
+    """``server.algorithm``, its fields taken from ``[client]`` by the keys it names
+    (``client_keys``; the config validated that they fit)."""
+    decl = components.get("algorithm", cfg.server.algorithm)
+    keys: Mapping[str, str] = getattr(decl.runtime, "client_keys", {})
+    alg: Algorithm = decl.model_validate(
+        {field: getattr(cfg.client, key) for field, key in keys.items()}
+    ).build()
+    return alg
 
 
 def _client_optimizer(cfg: C.ClientConfig) -> Any:
@@ -236,49 +76,9 @@ def _client_optimizer(cfg: C.ClientConfig) -> Any:
     return sgd(cfg.lr, cfg.momentum, cfg.weight_decay)
 
 
-@singledispatch
-def build_transform(cfg: Any) -> Transform:
-    raise TypeError(f"no transform builder for {type(cfg).__name__}")
-
-
-@build_transform.register
-def _(cfg: C.CastT) -> Transform:
-    return Cast(cfg.dtype)
-
-
-@build_transform.register
-def _(cfg: C.QuantizeT) -> Transform:
-    return Quantize(cfg.bits, cfg.block)
-
-
-@build_transform.register
-def _(cfg: C.TopKT) -> Transform:
-    return TopK(cfg.fraction)
-
-
-@build_transform.register
-def _(cfg: C.RandomKT) -> Transform:
-    return RandomK(cfg.fraction, cfg.unbiased, shared=cfg.shared)
-
-
-@build_transform.register
-def _(cfg: C.LowRankT) -> Transform:
-    return LowRank(cfg.rank, cfg.oversample, cfg.power_iters, cfg.unbiased)
-
-
-@build_transform.register
-def _(cfg: C.ZstdT) -> Transform:
-    return Zstd(cfg.level)
-
-
-@build_transform.register
-def _(cfg: C.ErrorFeedbackT) -> Transform:
-    return ErrorFeedback(*(build_transform(t) for t in cfg.inner))
-
-
-def build_pipeline(cfgs: list[Any], key: str) -> Pipeline:
+def build_pipeline(cfgs: Sequence[Declaration], key: str) -> Pipeline:
     try:
-        return Pipeline([build_transform(t) for t in cfgs])
+        return Pipeline([t.build() for t in cfgs])
     except ValueError as exc:  # an order that cannot be decoded, named by its key
         raise C.ConfigError(f"{key}: {exc}") from exc
 
@@ -308,9 +108,9 @@ def differential_privacy(
             f"[privacy] needs the privacy extra (dp-accounting): pip install 'fedforge[privacy]' "
             f"({exc})"
         ) from None
-    if s.aggregator != C.WeightedMeanAgg():
+    if s.aggregator != type(s).model_fields["aggregator"].get_default(call_default_factory=True):
         raise C.ConfigError(
-            f"server.aggregator: {s.aggregator.name!r} cannot be combined with [privacy]: "
+            f"server.aggregator: {getattr(s.aggregator, 'name', '')!r} cannot be combined with [privacy]: "
             "DP-FedAvg aggregates with its own clipped sum over the round's participants; "
             "leave server.aggregator unset"
         )

@@ -13,7 +13,7 @@ ROOT = Path(fedforge.__file__).parent
 
 # lowest first; a module's floor is that of the longest matching prefix
 FLOORS: list[tuple[str, ...]] = [
-    ("params", "seeding", "client", "plugins"),
+    ("params", "seeding", "client", "plugins", "components"),
     ("aggregate", "optim", "transforms", "privacy", "secagg", "data", "models", "attacks"),
     ("algorithms", "llm"),
     ("participant",),

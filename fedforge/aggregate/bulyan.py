@@ -17,8 +17,10 @@ Example counts are ignored. A participant's share is the fraction of the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from fedforge.aggregate.coordinatewise import coordinate_median
@@ -29,6 +31,7 @@ from fedforge.aggregate.stacked import (
     contribution_shares,
     open_stacked,
 )
+from fedforge.components import register
 from fedforge.params import Params
 
 
@@ -54,11 +57,12 @@ def bulyan(updates: Tensor, f: int) -> tuple[Tensor, Tensor]:
     return agg, contribution_shares(rows[closest], n)
 
 
+@register("aggregator", "bulyan")
 @dataclass(frozen=True)
 class Bulyan:
     """Bulyan over Krum (El Mhamdi et al. 2018). Tolerates ``f`` Byzantine when ``n >= 4f + 3``."""
 
-    f: int
+    f: Annotated[int, Field(ge=0)] = 1
     name: str = field(default="bulyan", init=False)
     linear: bool = field(default=False, init=False)
 

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from fedforge.aggregate.stacked import StackedAccumulator, contribution_shares, open_stacked
+from fedforge.components import register
 from fedforge.params import Params
 
 
@@ -56,6 +59,7 @@ def trimmed_mean(updates: Tensor, trim: int) -> tuple[Tensor, Tensor]:
     return values[kept].mean(dim=0), contribution_shares(order[kept], n)
 
 
+@register("aggregator", "median")
 @dataclass(frozen=True)
 class CoordinateMedian:
     """Coordinate-wise median (Yin et al. 2018). Assumes an honest majority."""
@@ -78,6 +82,7 @@ class CoordinateMedian:
         return open_stacked(self, template)
 
 
+@register("aggregator", "trimmed_mean")
 @dataclass(frozen=True)
 class TrimmedMean:
     """Coordinate-wise ``beta``-trimmed mean (Yin et al. 2018).
@@ -86,7 +91,7 @@ class TrimmedMean:
     ``0 <= beta < 0.5`` so that at least one value per coordinate survives.
     """
 
-    beta: float = 0.1
+    beta: Annotated[float, Field(ge=0, lt=0.5)] = 0.1
     name: str = field(default="trimmed_mean", init=False)
     linear: bool = field(default=False, init=False)
 

@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from fedforge.aggregate.stacked import StackedAccumulator, open_stacked
+from fedforge.components import register
 from fedforge.params import Params
 
 
@@ -56,13 +59,14 @@ def geometric_median(
     return (z + offset).float(), shares
 
 
+@register("aggregator", "geometric_median")
 @dataclass(frozen=True)
 class GeometricMedian:
     """RFA's geometric median (Pillutla et al. 2022). Assumes Byzantine weight < 1/2."""
 
-    nu: float = 1e-6
-    max_iter: int = 100
-    tol: float = 1e-6
+    nu: Annotated[float, Field(gt=0)] = 1e-6
+    max_iter: Annotated[int, Field(ge=1)] = 100
+    tol: Annotated[float, Field(gt=0)] = 1e-6
     weighted: bool = False
     name: str = field(default="geometric_median", init=False)
     linear: bool = field(default=False, init=False)

@@ -18,11 +18,14 @@ Example counts are ignored: the chosen updates are averaged with equal weight.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from fedforge.aggregate.stacked import StackedAccumulator, check_f, open_stacked
+from fedforge.components import register
 from fedforge.params import Params
 
 
@@ -74,6 +77,7 @@ def _check_krum_n(rule: str, n: int, f: int) -> None:
         )
 
 
+@register("aggregator", "krum")
 @dataclass(frozen=True)
 class Krum:
     """Krum (Blanchard et al. 2017): the single update closest to its neighbours.
@@ -81,7 +85,7 @@ class Krum:
     Tolerates ``f`` Byzantine participants when ``n > 2f + 2``.
     """
 
-    f: int
+    f: Annotated[int, Field(ge=0)] = 1
     name: str = field(default="krum", init=False)
     linear: bool = field(default=False, init=False)
 
@@ -102,6 +106,7 @@ class Krum:
         return open_stacked(self, template)
 
 
+@register("aggregator", "multi_krum")
 @dataclass(frozen=True)
 class MultiKrum:
     """Multi-Krum (Blanchard et al. 2017): the mean of the ``m`` best Krum-scored updates.
@@ -110,8 +115,8 @@ class MultiKrum:
     ``m=None`` takes ``m = n - f``, the most the assumption allows.
     """
 
-    f: int
-    m: int | None = None
+    f: Annotated[int, Field(ge=0)] = 1
+    m: Annotated[int | None, Field(ge=1)] = None
     name: str = field(default="multi_krum", init=False)
     linear: bool = field(default=False, init=False)
 

@@ -40,10 +40,13 @@ from __future__ import annotations
 import mmap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
+from fedforge.components import register
 from fedforge.params import ClientId, Params, check_same_structure, contiguous_span
 
 _Group = tuple[torch.dtype, torch.device]
@@ -262,6 +265,10 @@ class _RunningSum:
         return {}
 
 
+# updates held and folded per pass (more: faster, K updates of memory)
+Batch = Annotated[int, Field(ge=1, description="updates held and folded per pass")]
+
+
 def _check_batch(batch: int) -> None:
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(
@@ -270,11 +277,12 @@ def _check_batch(batch: int) -> None:
         )
 
 
+@register("aggregator", "sum")
 @dataclass(frozen=True)
 class Sum:
     """The plain sum. ``batch``: updates held and folded per pass (see the module doc)."""
 
-    batch: int = 1
+    batch: Batch = 1
     name: str = field(default="sum", init=False)
     linear: bool = field(default=True, init=False)
 
@@ -285,11 +293,12 @@ class Sum:
         return _RunningSum(_FlatBuffer(template), weighted=False, normalize=False, batch=self.batch)
 
 
+@register("aggregator", "mean")
 @dataclass(frozen=True)
 class Mean:
     """The unweighted mean. ``batch``: updates held and folded per pass (see the module doc)."""
 
-    batch: int = 1
+    batch: Batch = 1
     name: str = field(default="mean", init=False)
     linear: bool = field(default=True, init=False)
 
@@ -300,12 +309,13 @@ class Mean:
         return _RunningSum(_FlatBuffer(template), weighted=False, normalize=True, batch=self.batch)
 
 
+@register("aggregator", "weighted_mean")
 @dataclass(frozen=True)
 class WeightedMean:
     """FedAvg's example-weighted mean. ``batch``: updates held and folded per pass (see the
     module doc)."""
 
-    batch: int = 1
+    batch: Batch = 1
     name: str = field(default="weighted_mean", init=False)
     linear: bool = field(default=True, init=False)
 

@@ -24,12 +24,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Annotated
 
+from pydantic import Field
 from torch import Tensor
 
 from fedforge.aggregate.base import Accumulator, Aggregator
 from fedforge.aggregate.linear import WeightedMean
 from fedforge.aggregate.robust import check_participants, min_participants
+from fedforge.components import NOT_DECLARED, register
 from fedforge.params import ClientId, Params, l2_norm, scale
 
 
@@ -102,12 +105,13 @@ class _ClipAccumulator:
         return {c: s * self._factors.get(c, 1.0) for c, s in shares.items()}
 
 
+@register("aggregator", "norm_clip")
 @dataclass(frozen=True)
 class NormClip:
     """Clip each update to L2 norm ``bound``, then aggregate with ``inner`` (Sun et al. 2019)."""
 
-    bound: float
-    inner: Aggregator = field(default_factory=WeightedMean)
+    bound: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
+    inner: Aggregator = field(default_factory=WeightedMean, metadata=NOT_DECLARED)
     linear: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from fedforge.client.types import Client, FitResult, RoundInfo
 from fedforge.client.validation import check_update
+from fedforge.components import register
 from fedforge.params import Params
 
 AlgoState = MutableMapping[str, Tensor]
@@ -81,12 +82,14 @@ def split(params: Params, kind: str) -> tuple[Params, Params]:
     return own, {k: v for k, v in params.items() if k.startswith(prefix)}
 
 
+@register("algorithm", "fedavg")
 @dataclass(frozen=True)
 class Plain:
     """McMahan et al. 2017 (and FedProx, Li et al. 2020, whose proximal term is the
     client's): participants train, the server steps with the aggregate as it is."""
 
     kind: ClassVar[str] = "fedavg"
+    client_keys: ClassVar[dict[str, str]] = {}  # nothing of the local settings
 
     def init_state(self, params: Params) -> Params:
         return {}

@@ -16,23 +16,29 @@ tensor of the upload, so the same aggregator (and secure aggregation) folds it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
+from pydantic import Field
 
 from fedforge.algorithms.base import AlgoState
 from fedforge.client.types import Client, FitResult, RoundInfo
 from fedforge.client.validation import check_update
+from fedforge.components import register
 from fedforge.params import Params
 
 _A = "fednova/a"
 
 
+@register("algorithm", "fednova")
 @dataclass(frozen=True)
 class FedNova:
-    momentum: float = 0.0  # the participants' local SGD momentum (rho)
+    momentum: Annotated[float, Field(ge=0, lt=1)] = (
+        0.0  # the participants' local SGD momentum (rho)
+    )
 
     kind: ClassVar[str] = "fednova"
+    client_keys: ClassVar[dict[str, str]] = {"momentum": "momentum"}  # field: its [client] key
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.momentum < 1.0:

@@ -18,23 +18,29 @@ The correction needs the local loop's gradients: the participant's client must a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
+from pydantic import Field
 
 from fedforge.algorithms.base import AlgoState, CorrectedClient
 from fedforge.client.types import Client, FitResult, RoundInfo
 from fedforge.client.validation import check_update
+from fedforge.components import register
 from fedforge.params import Params
 
 _C = "scaffold/"
 
 
+@register("algorithm", "scaffold")
 @dataclass(frozen=True)
 class Scaffold:
-    local_lr: float  # the participants' local learning rate (the paper's eta_l)
+    local_lr: Annotated[
+        float, Field(gt=0)
+    ]  # the participants' local learning rate (the paper's eta_l)
 
     kind: ClassVar[str] = "scaffold"
+    client_keys: ClassVar[dict[str, str]] = {"local_lr": "lr"}  # field: its [client] key
 
     def __post_init__(self) -> None:
         if not self.local_lr > 0:

@@ -10,8 +10,8 @@ applied to the raw document before validation, so they are checked the same.
 both are re-exported here (``from fedforge import config as C; C.load(...)``).
 """
 
+from fedforge.components import ConfigError
 from fedforge.config.loading import (
-    ConfigError,
     apply_overrides,
     dump,
     format_errors,

@@ -13,16 +13,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from fedforge.config.schema import ExperimentConfig
+from fedforge.components import ConfigError, one_of
+from fedforge.config.schema import ExperimentConfig, refresh
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with one line per offending key."""
 
 
 def read_document(path: str | Path) -> dict[str, Any]:
@@ -63,7 +60,13 @@ def apply_overrides(doc: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
 
 
 def _variants(model: type[BaseModel], name: str) -> list[type[BaseModel]]:
-    ann = model.model_fields[name].annotation
+    """The models a section's key may hold: a declared component's registered kinds
+    (``OneOf``), a plain section, or the members of a union of sections."""
+    info = model.model_fields[name]
+    declared = one_of(info.metadata)
+    if declared is not None:
+        return list(declared.choices())
+    ann = info.annotation
     return [
         v
         for v in getattr(ann, "__args__", (ann,))
@@ -151,6 +154,7 @@ def _fill_tags(model: type[BaseModel], node: dict[str, Any]) -> None:
 
 
 def validate(doc: dict[str, Any]) -> ExperimentConfig:
+    refresh()  # kinds registered since the schema was built
     doc = json.loads(json.dumps(doc))
     _fill_tags(ExperimentConfig, doc)
     try:

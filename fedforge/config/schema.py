@@ -1,6 +1,11 @@
-"""The configuration schema: one pydantic model per section, each forbidding unknown keys,
-each choice (dataset, partition, model, optimizer, aggregator, transform) a tagged
-variant with only its own fields."""
+"""The configuration schema: one pydantic model per section, each forbidding unknown keys.
+
+Each choice (data source, partition, model, transform, aggregator, server optimizer,
+algorithm) is one of the components declared in ``fedforge.components``, chosen by its
+tag, with only its own fields: the declarations are imported here (which registers them)
+and the sections accept whatever is registered (``OneOf``). A kind registered after this
+module is imported is accepted once ``refresh`` rebuilt the sections (``validate`` does).
+"""
 
 from __future__ import annotations
 
@@ -8,164 +13,30 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# the modules that declare components: importing them registers every built-in kind
+import fedforge.aggregate
+import fedforge.algorithms
+import fedforge.data.sources
+import fedforge.models
+import fedforge.optim
+import fedforge.transforms  # noqa: F401
+from fedforge import components
+from fedforge.components import Declaration, OneOf
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# --- data ---------------------------------------------------------------------------------
+def _default(family: components.Family, kind: str) -> Any:
+    return Field(default_factory=lambda: components.get(family, kind)())
 
 
-class IID(_Strict):
-    kind: Literal["iid"] = "iid"
-
-
-class Dirichlet(_Strict):
-    kind: Literal["dirichlet"] = "dirichlet"
-    alpha: float = Field(0.3, gt=0, allow_inf_nan=False)
-
-
-class Shards(_Strict):
-    kind: Literal["shards"] = "shards"
-    shards_per_client: int = Field(2, ge=1)
-
-
-Partition = Annotated[IID | Dirichlet | Shards, Field(discriminator="kind")]
-
-
-class _Partitioned(_Strict):
-    num_clients: int = Field(10, ge=1)
-    partition: Partition = IID()
-    eval_fraction: float = Field(0.1, ge=0, lt=1)
-
-
-class SyntheticLinear(_Partitioned):
-    dataset: Literal["synthetic_linear"] = "synthetic_linear"
-    num_clients: int = Field(2, ge=1)
-    num_examples: int = Field(1000, ge=2)
-    weight: float = 3.0
-    bias: float = 0.0
-    noise: float = Field(0.1, ge=0)
-
-
-class BreastCancer(_Partitioned):
-    dataset: Literal["breast_cancer"] = "breast_cancer"
-    num_clients: int = Field(5, ge=1)  # five hospitals, label-skewed
-    partition: Partition = Field(default_factory=lambda: Dirichlet(alpha=1.0))
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-
-
-class Digits(_Partitioned):
-    dataset: Literal["digits"] = "digits"
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-
-
-class FashionMNIST(_Partitioned):
-    dataset: Literal["fashion_mnist"] = "fashion_mnist"
-    num_clients: int = Field(100, ge=1)
-    partition: Partition = Field(default_factory=lambda: Dirichlet(alpha=0.3))
-    path: str | None = None
-
-
-class Shakespeare(_Strict):
-    dataset: Literal["shakespeare"] = "shakespeare"
-    min_chars: int = Field(10_000, ge=1)
-    max_clients: int | None = Field(None, ge=1)
-    seq_len: int = Field(80, ge=1)
-    stride: int = Field(1, ge=1)
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-
-
-DataConfig = Annotated[
-    SyntheticLinear | BreastCancer | Digits | FashionMNIST | Shakespeare,
-    Field(discriminator="dataset"),
-]
-
-# --- model --------------------------------------------------------------------------------
-
-
-class LinearModel(_Strict):
-    name: Literal["linear"] = "linear"
-
-
-class LogisticModel(_Strict):
-    name: Literal["logistic"] = "logistic"
-
-
-class MLPModel(_Strict):
-    name: Literal["mlp"] = "mlp"
-    hidden: tuple[int, ...] = (200, 200)
-
-
-class CNNModel(_Strict):
-    name: Literal["cnn"] = "cnn"
-
-
-class CharLSTMModel(_Strict):
-    name: Literal["char_lstm"] = "char_lstm"
-    embed_dim: int = Field(8, ge=1)
-    hidden: int = Field(256, ge=1)
-    layers: int = Field(2, ge=1)
-
-
-ModelConfig = Annotated[
-    LinearModel | LogisticModel | MLPModel | CNNModel | CharLSTMModel,
-    Field(discriminator="name"),
-]
-
-# --- update compression ------------------------------------------------------------------
-
-
-class CastT(_Strict):
-    kind: Literal["cast"] = "cast"
-    dtype: Literal["float16", "bfloat16"] = "float16"
-
-
-class QuantizeT(_Strict):
-    kind: Literal["quantize"] = "quantize"
-    bits: int = Field(8, ge=1, le=8)  # 16 bits: kind = "cast"
-    block: int | None = Field(None, ge=1)
-
-
-class TopKT(_Strict):
-    kind: Literal["topk"] = "topk"
-    fraction: float = Field(0.01, gt=0, le=1)
-
-
-class RandomKT(_Strict):
-    kind: Literal["randomk"] = "randomk"
-    fraction: float = Field(0.01, gt=0, le=1)
-    unbiased: bool = False
-    shared: bool = False  # one mask per round for everyone (needed under secure aggregation)
-
-
-class LowRankT(_Strict):
-    kind: Literal["lowrank"] = "lowrank"
-    rank: int = Field(4, ge=1)
-    oversample: int = Field(8, ge=0)
-    power_iters: int = Field(2, ge=0)
-    unbiased: bool = False
-
-
-class ZstdT(_Strict):
-    kind: Literal["zstd"] = "zstd"
-    level: int = Field(3, ge=1, le=22)
-
-
-LossyConfig = Annotated[
-    CastT | QuantizeT | TopKT | RandomKT | LowRankT | ZstdT, Field(discriminator="kind")
-]
-
-
-class ErrorFeedbackT(_Strict):
-    kind: Literal["error_feedback"] = "error_feedback"
-    inner: list[LossyConfig] = Field(min_length=1)
-
-
-TransformConfig = Annotated[
-    CastT | QuantizeT | TopKT | RandomKT | LowRankT | ZstdT | ErrorFeedbackT,
-    Field(discriminator="kind"),
-]
+DataConfig = Annotated[Declaration, OneOf("dataset")]
+ModelConfig = Annotated[Declaration, OneOf("model")]
+TransformConfig = Annotated[Declaration, OneOf("transform")]
+AggregatorConfig = Annotated[Declaration, OneOf("aggregator")]
+ServerOptConfig = Annotated[Declaration, OneOf("server_optimizer")]
 
 
 class CompressionConfig(_Strict):
@@ -190,127 +61,19 @@ class ClientConfig(_Strict):
     prox_mu: float = Field(0.0, ge=0)
 
 
-class FedAvgOpt(_Strict):
-    name: Literal["fedavg"] = "fedavg"
-    lr: float = Field(1.0, gt=0)
-
-
-class FedAvgMOpt(_Strict):
-    name: Literal["fedavgm"] = "fedavgm"
-    lr: float = Field(1.0, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-
-
-class _Adaptive(_Strict):
-    lr: float = Field(0.1, gt=0)
-    tau: float = Field(1e-3, gt=0)
-
-
-class FedAdamOpt(_Adaptive):
-    name: Literal["fedadam"] = "fedadam"
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.99, ge=0, lt=1)
-
-
-class FedYogiOpt(_Adaptive):
-    name: Literal["fedyogi"] = "fedyogi"
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.99, ge=0, lt=1)
-
-
-class FedAdagradOpt(_Adaptive):
-    name: Literal["fedadagrad"] = "fedadagrad"
-
-
-ServerOptConfig = Annotated[
-    FedAvgOpt | FedAvgMOpt | FedAdamOpt | FedYogiOpt | FedAdagradOpt,
-    Field(discriminator="name"),
-]
-
-
-class _LinearAgg(_Strict):
-    batch: int = Field(
-        1, ge=1, description="updates held and folded per pass (more: faster, K updates of memory)"
-    )
-
-
-class WeightedMeanAgg(_LinearAgg):
-    name: Literal["weighted_mean"] = "weighted_mean"
-
-
-class MeanAgg(_LinearAgg):
-    name: Literal["mean"] = "mean"
-
-
-class SumAgg(_LinearAgg):
-    name: Literal["sum"] = "sum"
-
-
-class MedianAgg(_Strict):
-    name: Literal["median"] = "median"
-
-
-class TrimmedMeanAgg(_Strict):
-    name: Literal["trimmed_mean"] = "trimmed_mean"
-    beta: float = Field(0.1, ge=0, lt=0.5)
-
-
-class KrumAgg(_Strict):
-    name: Literal["krum"] = "krum"
-    f: int = Field(1, ge=0)
-
-
-class MultiKrumAgg(_Strict):
-    name: Literal["multi_krum"] = "multi_krum"
-    f: int = Field(1, ge=0)
-    m: int | None = Field(None, ge=1)
-
-
-class BulyanAgg(_Strict):
-    name: Literal["bulyan"] = "bulyan"
-    f: int = Field(1, ge=0)
-
-
-class GeometricMedianAgg(_Strict):
-    name: Literal["geometric_median"] = "geometric_median"
-    nu: float = Field(1e-6, gt=0)
-    max_iter: int = Field(100, ge=1)
-    tol: float = Field(1e-6, gt=0)
-
-
-class NormClipAgg(_Strict):
-    name: Literal["norm_clip"] = "norm_clip"
-    bound: float = Field(1.0, gt=0, allow_inf_nan=False)
-
-
-AggregatorConfig = Annotated[
-    WeightedMeanAgg
-    | MeanAgg
-    | SumAgg
-    | MedianAgg
-    | TrimmedMeanAgg
-    | KrumAgg
-    | MultiKrumAgg
-    | BulyanAgg
-    | GeometricMedianAgg
-    | NormClipAgg,
-    Field(discriminator="name"),
-]
-
-
 class ServerConfig(_Strict):
     # the round's hooks (fedforge.algorithms): plain averaging (FedAvg; FedProx with
     # client.prox_mu), SCAFFOLD (control variates; needs local SGD without momentum) or
     # FedNova (normalized averaging for unequal local step counts)
-    algorithm: Literal["fedavg", "scaffold", "fednova"] = "fedavg"
+    algorithm: str = "fedavg"  # a kind of components.kinds("algorithm", in_config=True)
     rounds: int = Field(20, ge=1)
     clients_per_round: int | None = Field(10, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)
     min_clients: int = Field(1, ge=1)
     over_select: float = Field(1.0, ge=1.0, allow_inf_nan=False)
-    aggregator: AggregatorConfig = WeightedMeanAgg()
+    aggregator: AggregatorConfig = _default("aggregator", "weighted_mean")
     update_norm_bound: float | None = Field(None, gt=0, allow_inf_nan=False)
-    optimizer: ServerOptConfig = FedAvgOpt()
+    optimizer: ServerOptConfig = _default("server_optimizer", "fedavg")
     eval_every: int = Field(1, ge=1)
     central_eval: bool = True
     federated_eval_clients: int | None = Field(None, ge=1)
@@ -319,6 +82,14 @@ class ServerConfig(_Strict):
     @classmethod
     def _aggregator_by_name(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v  # aggregator = "median" is enough
+
+    @field_validator("algorithm")
+    @classmethod
+    def _algorithm_declared(cls, v: str) -> str:
+        allowed = components.kinds("algorithm", in_config=True)
+        if v not in allowed:
+            raise ValueError(f"unknown algorithm {v!r}; allowed: {', '.join(allowed)}")
+        return v
 
     @model_validator(mode="after")
     def _one_sampling_rule(self) -> ServerConfig:
@@ -435,8 +206,8 @@ class RunConfig(_Strict):
 class ExperimentConfig(_Strict):
     name: str = "fashion-mnist-cnn"
     seed: int = 0
-    data: DataConfig = FashionMNIST()
-    model: ModelConfig = CNNModel()
+    data: DataConfig = _default("dataset", "fashion_mnist")
+    model: ModelConfig = _default("model", "cnn")
     client: ClientConfig = ClientConfig()
     server: ServerConfig = ServerConfig()
     backend: BackendConfig = BackendConfig()
@@ -485,50 +256,25 @@ class ExperimentConfig(_Strict):
         return self
 
 
+_SECTIONS: tuple[type[BaseModel], ...] = (CompressionConfig, ServerConfig, ExperimentConfig)
+_built = components.version()
+
+
+def refresh() -> None:
+    """Rebuild the sections if a kind was registered since they were built."""
+    global _built
+    if _built != components.version():
+        components.rebuild(*_SECTIONS)
+        _built = components.version()
+
+
 __all__ = [
-    "IID",
-    "Dirichlet",
-    "Shards",
-    "Partition",
-    "SyntheticLinear",
-    "BreastCancer",
-    "Digits",
-    "FashionMNIST",
-    "Shakespeare",
     "DataConfig",
-    "LinearModel",
-    "LogisticModel",
-    "MLPModel",
-    "CNNModel",
-    "CharLSTMModel",
     "ModelConfig",
-    "CastT",
-    "QuantizeT",
-    "TopKT",
-    "RandomKT",
-    "LowRankT",
-    "ZstdT",
-    "LossyConfig",
-    "ErrorFeedbackT",
     "TransformConfig",
     "CompressionConfig",
     "ClientConfig",
-    "FedAvgOpt",
-    "FedAvgMOpt",
-    "FedAdamOpt",
-    "FedYogiOpt",
-    "FedAdagradOpt",
     "ServerOptConfig",
-    "WeightedMeanAgg",
-    "MeanAgg",
-    "SumAgg",
-    "MedianAgg",
-    "TrimmedMeanAgg",
-    "KrumAgg",
-    "MultiKrumAgg",
-    "BulyanAgg",
-    "GeometricMedianAgg",
-    "NormClipAgg",
     "AggregatorConfig",
     "ServerConfig",
     "BackendConfig",
@@ -537,4 +283,5 @@ __all__ = [
     "SecAggSection",
     "RunConfig",
     "ExperimentConfig",
+    "refresh",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-DEFAULT_PORT = 8050
+from fedforge.dashboard.settings import DEFAULT_PORT
 
 _DESCRIPTION = """\
 Serve a live, read-only web page of the run in RUN_DIR: round progress and time per

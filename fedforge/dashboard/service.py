@@ -20,7 +20,7 @@ import uvicorn
 
 from fedforge.dashboard.app import Hub, LiveStatus, create_app
 from fedforge.dashboard.auth import Guard, is_loopback, new_token
-from fedforge.dashboard.command import DEFAULT_PORT
+from fedforge.dashboard.settings import DEFAULT_PORT
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,13 @@ All randomness comes from the ``seed`` argument (a fresh
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
+from fedforge.components import ConfigError, Declaration, register
 from fedforge.data._checks import check_float, check_int, check_labels
 
 IndexArray = npt.NDArray[np.int64]
@@ -187,3 +189,54 @@ def natural(keys: Sequence[K] | npt.NDArray[Any]) -> dict[K, IndexArray]:
                 f"natural: keys must be hashable, key at index {i} is {type(key).__name__}"
             ) from None
     return {key: np.asarray(idx, dtype=np.int64) for key, idx in groups.items()}
+
+
+# --- the declared partitions (``[data.partition]``; fedforge.components) -----------------
+
+
+@register("partition", "iid")
+class IID(Declaration):
+    """``iid``: every participant an equal random share."""
+
+    kind: Literal["iid"] = "iid"
+
+    def build(
+        self, labels: npt.NDArray[Any] | None, num_items: int, num_clients: int, seed: int
+    ) -> list[IndexArray]:
+        return iid(num_items, num_clients, seed=seed)
+
+
+@register("partition", "dirichlet")
+class Dirichlet(Declaration):
+    """``dirichlet``: label skew with concentration ``alpha`` (smaller: more skewed)."""
+
+    kind: Literal["dirichlet"] = "dirichlet"
+    alpha: float = Field(0.3, gt=0, allow_inf_nan=False)
+
+    def build(
+        self, labels: npt.NDArray[Any] | None, num_items: int, num_clients: int, seed: int
+    ) -> list[IndexArray]:
+        return dirichlet(_labelled(self.kind, labels), num_clients, self.alpha, seed=seed)
+
+
+@register("partition", "shards")
+class Shards(Declaration):
+    """``shards``: McMahan et al.'s label-sorted shards, ``shards_per_client`` each."""
+
+    kind: Literal["shards"] = "shards"
+    shards_per_client: int = Field(2, ge=1)
+
+    def build(
+        self, labels: npt.NDArray[Any] | None, num_items: int, num_clients: int, seed: int
+    ) -> list[IndexArray]:
+        labels = _labelled(self.kind, labels)
+        return shards(labels, num_clients, self.shards_per_client, seed=seed)
+
+
+def _labelled(kind: str, labels: npt.NDArray[Any] | None) -> npt.NDArray[Any]:
+    if labels is None:
+        raise ConfigError(
+            f"data.partition.kind: {kind!r} needs class labels; a regression dataset allows "
+            "only 'iid'"
+        )
+    return labels

@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from fedforge.algorithms.base import Plain
 from fedforge.client.local import LocalPlan
 from fedforge.client.types import EvalResult, FitResult, RoundInfo
+from fedforge.components import register
 from fedforge.llm.adapters import LoraSpec, adapter_params, check_targets, lora_config
 from fedforge.llm.aggregation import lora_pairs, stack_adapters
 from fedforge.llm.client import llm_plan, local_train
@@ -112,9 +114,7 @@ class FloraClient:
         if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
             raise ValueError(f"FLoRA participant rank must be an integer >= 1, got {rank!r}")
         if train.dim() != 2 or train.shape[0] == 0:
-            raise ValueError(
-                f"need >= 1 training block (blocks, seq_len), got {list(train.shape)}"
-            )
+            raise ValueError(f"need >= 1 training block (blocks, seq_len), got {list(train.shape)}")
         self.base, self.train, self.rank = base, train, rank
         self.training = training or llm_plan()
         self.held_out = held_out
@@ -139,11 +139,14 @@ class FloraClient:
         return EvalResult(loss, predicted_tokens(self.held_out), {"perplexity": math.exp(loss)})
 
 
+# Sent to gRPC participants; a FLoRA federation is set up in code (fedforge.llm), not
+# in the config file, so it is not offered there.
+@register("algorithm", "flora", in_config=False)
 @dataclass(frozen=True)
 class Flora(Plain):
     """The algorithm's hooks: plain averaging's, but for the upload check (ranks differ)."""
 
-    max_rank: int = 256
+    max_rank: Annotated[int, Field(ge=1)] = 256
 
     kind: ClassVar[str] = "flora"
 

@@ -10,8 +10,14 @@
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import Tensor, nn
+
+from fedforge.components import ConfigError, Declaration, register
 
 
 def linear_regression(in_features: int, out_features: int = 1) -> nn.Module:
@@ -68,7 +74,77 @@ class _CharLSTM(nn.Module):
         return self.head(out[:, -1])  # predict the character after the sequence
 
 
-def char_lstm(
-    vocab_size: int = 80, embed_dim: int = 8, hidden: int = 256, layers: int = 2
-) -> nn.Module:
+def char_lstm(vocab_size: int, embed_dim: int, hidden: int, layers: int) -> nn.Module:
     return _CharLSTM(vocab_size, embed_dim, hidden, layers)
+
+
+# --- the declared models (``[model]``; fedforge.components) -------------------------------
+# ``build(input_shape, num_classes)``: the shape of one example and the number of classes
+# (None for a regression), as the data source reports them.
+
+Shape = tuple[int, ...]
+
+
+def _classes(name: str, num_classes: int | None) -> int:
+    if num_classes is None:
+        raise ConfigError(f"model.name: {name!r} is a classifier but the dataset is regression")
+    return num_classes
+
+
+@register("model", "linear")
+class LinearModel(Declaration):
+    """``linear``: least squares on the flattened input (one output per class, or one)."""
+
+    name: Literal["linear"] = "linear"
+
+    def build(self, input_shape: Shape, num_classes: int | None) -> nn.Module:
+        return linear_regression(math.prod(input_shape), num_classes or 1)
+
+
+@register("model", "logistic")
+class LogisticModel(Declaration):
+    """``logistic``: multinomial logistic regression on the flattened input."""
+
+    name: Literal["logistic"] = "logistic"
+
+    def build(self, input_shape: Shape, num_classes: int | None) -> nn.Module:
+        classes = _classes(self.name, num_classes)
+        return nn.Sequential(nn.Flatten(), logistic_regression(math.prod(input_shape), classes))
+
+
+@register("model", "mlp")
+class MLPModel(Declaration):
+    """``mlp``: ReLU layers of ``hidden`` widths (McMahan et al. 2017's 2NN by default)."""
+
+    name: Literal["mlp"] = "mlp"
+    hidden: tuple[int, ...] = (200, 200)
+
+    def build(self, input_shape: Shape, num_classes: int | None) -> nn.Module:
+        return mlp(math.prod(input_shape), self.hidden, _classes(self.name, num_classes))
+
+
+@register("model", "cnn")
+class CNNModel(Declaration):
+    """``cnn``: McMahan et al. 2017's CNN for (C, H, W) images."""
+
+    name: Literal["cnn"] = "cnn"
+
+    def build(self, input_shape: Shape, num_classes: int | None) -> nn.Module:
+        if len(input_shape) != 3:
+            raise ConfigError(f"model.name: 'cnn' needs image inputs (C, H, W), got {input_shape}")
+        c, h, _ = input_shape
+        return cnn(c, _classes(self.name, num_classes), h)
+
+
+@register("model", "char_lstm")
+class CharLSTMModel(Declaration):
+    """``char_lstm``: the LEAF Shakespeare next-character LSTM."""
+
+    name: Literal["char_lstm"] = "char_lstm"
+    embed_dim: int = Field(8, ge=1)
+    hidden: int = Field(256, ge=1)
+    layers: int = Field(2, ge=1)
+
+    def build(self, input_shape: Shape, num_classes: int | None) -> nn.Module:
+        classes = _classes(self.name, num_classes)
+        return char_lstm(classes, self.embed_dim, self.hidden, self.layers)

@@ -17,13 +17,20 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
+from fedforge.components import register
 from fedforge.optim.yogi import Yogi
 from fedforge.params import Params
+
+# the constraints the config checks (``build`` checks them again for code that builds directly)
+Lr = Annotated[float, Field(gt=0)]
+Beta = Annotated[float, Field(ge=0, lt=1)]
+Tau = Annotated[float, Field(gt=0)]
 
 TorchOptFactory = Callable[[list[Tensor]], torch.optim.Optimizer]
 
@@ -81,19 +88,21 @@ def _beta(name: str, value: float) -> None:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
 
 
+@register("server_optimizer", "fedavg")
 @dataclass(frozen=True)
 class FedAvg:
-    lr: float = 1.0
+    lr: Lr = 1.0
 
     def build(self) -> ServerOptimizer:
         _positive("server lr", self.lr)
         return ServerOptimizer("fedavg", partial(torch.optim.SGD, lr=self.lr))
 
 
+@register("server_optimizer", "fedavgm")
 @dataclass(frozen=True)
 class FedAvgM:
-    lr: float = 1.0
-    momentum: float = 0.9
+    lr: Lr = 1.0
+    momentum: Beta = 0.9
 
     def build(self) -> ServerOptimizer:
         _positive("server lr", self.lr)
@@ -103,12 +112,13 @@ class FedAvgM:
         )
 
 
+@register("server_optimizer", "fedadam")
 @dataclass(frozen=True)
 class FedAdam:
-    lr: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
+    lr: Lr = 0.1
+    beta1: Beta = 0.9
+    beta2: Beta = 0.99
+    tau: Tau = 1e-3
 
     def build(self) -> ServerOptimizer:
         _positive("server lr", self.lr)
@@ -121,12 +131,13 @@ class FedAdam:
         )
 
 
+@register("server_optimizer", "fedyogi")
 @dataclass(frozen=True)
 class FedYogi:
-    lr: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
+    lr: Lr = 0.1
+    beta1: Beta = 0.9
+    beta2: Beta = 0.99
+    tau: Tau = 1e-3
 
     def build(self) -> ServerOptimizer:
         _positive("server lr", self.lr)
@@ -145,10 +156,11 @@ class FedYogi:
         )
 
 
+@register("server_optimizer", "fedadagrad")
 @dataclass(frozen=True)
 class FedAdagrad:
-    lr: float = 0.1
-    tau: float = 1e-3
+    lr: Lr = 0.1
+    tau: Tau = 1e-3
 
     def build(self) -> ServerOptimizer:
         _positive("server lr", self.lr)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import dp_accounting as dpa
 
+from fedforge.components import register
 from fedforge.privacy._checks import check_clip, check_noise_multiplier
 from fedforge.privacy.accounting import Relation
 from fedforge.privacy.clip import clip_update
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from fedforge.server.server import Server
 
 
+# Sent to gRPC participants; not offered in the config file, where [privacy] is the
+# accounted way to add noise.
+@register("transform", "local_dp", in_config=False)
 @dataclass(frozen=True)
 class LocalGaussian:
     clip: float

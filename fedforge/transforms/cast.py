@@ -7,17 +7,20 @@ up to rounding, so it composes with secure aggregation's fixed-point sums.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
+from fedforge.components import register
 from fedforge.transforms.base import ClientState, Context, PayloadError, Tensors
 
 _WIRE = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+@register("transform", "cast")
 @dataclass(frozen=True)
 class Cast:
-    dtype: str = "float16"
+    dtype: Literal["float16", "bfloat16"] = "float16"
     linear: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:

@@ -23,9 +23,12 @@ not included.
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping, Sequence
+from typing import Annotated, ClassVar, Literal
 
+from pydantic import Field
 from torch import Tensor
 
+from fedforge.components import Declaration, OneOf, describe, register
 from fedforge.transforms.base import ClientState, Context, Tensors, Transform
 from fedforge.transforms.order import validate_order
 
@@ -113,3 +116,22 @@ class ErrorFeedback:
         for t in reversed(self._inner):
             x = t.decode(x, ctx)
         return x
+
+
+@register("transform", "error_feedback")
+class ErrorFeedbackDeclaration(Declaration):
+    """``{"kind": "error_feedback", "inner": [...]}``: ``ErrorFeedback`` around the declared
+    ``inner`` transforms (in encode order; error feedback does not nest)."""
+
+    kind: Literal["error_feedback"] = "error_feedback"
+    inner: list[Annotated[Declaration, OneOf("transform", without=("error_feedback",))]] = Field(
+        min_length=1
+    )
+    runtime: ClassVar[type | None] = ErrorFeedback
+
+    def build(self) -> ErrorFeedback:
+        return ErrorFeedback(*(d.build() for d in self.inner))
+
+    @classmethod
+    def of(cls, obj: ErrorFeedback) -> ErrorFeedbackDeclaration:
+        return cls(inner=[describe("transform", t) for t in obj.inner])

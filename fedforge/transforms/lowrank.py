@@ -52,11 +52,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
+from fedforge.components import NOT_DECLARED, register
 from fedforge.seeding import derive_seed
 from fedforge.transforms import _wire as W
 from fedforge.transforms.base import ClientState, Context, PayloadError, Tensors
@@ -164,15 +166,17 @@ def low_rank_factors(
     return (u[:, :rank] * root).T.contiguous(), (vh[:rank] * root[:, None]).contiguous()
 
 
+@register("transform", "lowrank")
 @dataclass(frozen=True)
 class LowRank:
     """Send each tensor of two or more dimensions as rank-``rank`` factors."""
 
-    rank: int = 4
-    oversample: int = 8  # extra test-matrix columns of the range finder
-    power_iters: int = 2  # subspace iterations (Halko et al.'s q)
+    rank: Annotated[int, Field(ge=1)] = 4
+    oversample: Annotated[int, Field(ge=0)] = 8  # extra test-matrix columns of the range finder
+    power_iters: Annotated[int, Field(ge=0)] = 2  # subspace iterations (Halko et al.'s q)
     unbiased: bool = False  # sample r of the top 4r components (ATOMO) instead of the top r
-    max_numel: int = 1 << 30  # largest tensor a payload may decode to (4 GiB of float32)
+    # largest tensor a payload may decode to (4 GiB of float32): the server's own limit
+    max_numel: int = field(default=1 << 30, metadata=NOT_DECLARED)
     linear: bool = field(default=False, init=False)
     stage: ClassVar[Stage] = Stage.SPARSIFY
 

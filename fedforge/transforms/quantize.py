@@ -21,11 +21,13 @@ the global generator. 16 bits: use ``Cast("float16")`` or ``Cast("bfloat16")``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
+from fedforge.components import register
 from fedforge.seeding import derive_seed
 from fedforge.transforms import _wire as W
 from fedforge.transforms.base import ClientState, Context, PayloadError, Tensors
@@ -71,12 +73,13 @@ def dequantize(codes: Tensor, scales: Tensor, block: int | None) -> Tensor:
     return lo + codes.float() * step
 
 
+@register("transform", "quantize")
 @dataclass(frozen=True)
 class Quantize:
     """Quantize every floating tensor to ``bits`` bits, one scale per tensor or per ``block``."""
 
-    bits: int = 8
-    block: int | None = None
+    bits: Annotated[int, Field(ge=1, le=8)] = 8  # 16 bits: Cast
+    block: Annotated[int | None, Field(ge=1)] = None
     linear: bool = field(default=False, init=False)
     stage: ClassVar[Stage] = Stage.QUANTIZE
 

@@ -24,11 +24,13 @@ with ``ErrorFeedback`` keep the default (unscaled, a contraction).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
+from fedforge.components import register
 from fedforge.seeding import derive_seed
 from fedforge.transforms import _wire as W
 from fedforge.transforms._fraction import check_fraction, kept
@@ -62,11 +64,12 @@ def sample_without_replacement(n: int, k: int, generator: torch.Generator) -> Te
         margin *= 2
 
 
+@register("transform", "randomk")
 @dataclass(frozen=True)
 class RandomK:
     """Keep ``ceil(fraction * n)`` entries of each floating tensor, at positions from the seed."""
 
-    fraction: float = 0.01
+    fraction: Annotated[float, Field(gt=0, le=1)] = 0.01
     unbiased: bool = False
     shared: bool = False  # masks from ctx.round_seed: the same coordinates for every participant
     linear: bool = field(default=True, init=False)

@@ -16,11 +16,13 @@ participant keeps different positions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
+from fedforge.components import register
 from fedforge.transforms import _wire as W
 from fedforge.transforms._fraction import check_fraction, kept
 from fedforge.transforms.base import ClientState, Context, PayloadError, Tensors
@@ -54,11 +56,12 @@ def top_indices(mag: Tensor, k: int) -> Tensor:
     return candidates[torch.topk(mag[candidates], k, sorted=False).indices]
 
 
+@register("transform", "topk")
 @dataclass(frozen=True)
 class TopK:
     """Keep ``ceil(fraction * n)`` entries (at least 1) of each floating tensor of ``n``."""
 
-    fraction: float = 0.01
+    fraction: Annotated[float, Field(gt=0, le=1)] = 0.01
     linear: bool = field(default=False, init=False)
     stage: ClassVar[Stage] = Stage.SPARSIFY
 

@@ -15,25 +15,29 @@ Must be the last transform (``validate_order``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import zstandard
+from pydantic import Field
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from fedforge.components import NOT_DECLARED, register
 from fedforge.transforms.base import ClientState, Context, PayloadError, Tensors
 from fedforge.transforms.order import Stage
 
 KEY = "#zstd"
 
 
+@register("transform", "zstd")
 @dataclass(frozen=True)
 class Zstd:
     """Compress the whole encoded update with zstd at ``level`` (1..22)."""
 
-    level: int = 3
-    max_bytes: int = 1 << 32  # largest decompressed archive accepted (4 GiB)
+    level: Annotated[int, Field(ge=1, le=22)] = 3
+    # largest decompressed archive accepted (4 GiB): the server's own limit
+    max_bytes: int = field(default=1 << 32, metadata=NOT_DECLARED)
     linear: bool = field(default=False, init=False)
     stage: ClassVar[Stage] = Stage.LOSSLESS
 
