@@ -12,11 +12,41 @@ is registered automatically.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from fedforge.aggregate import Aggregator, NormBound
+    from fedforge.params import Params
     from fedforge.server.history import Record
-    from fedforge.server.server import Server
+    from fedforge.server.sampler import Sampler
+    from fedforge.transforms import Pipeline
+
+
+class EvalView(Protocol):
+    @property
+    def federated(self) -> Sampler | None: ...
+
+
+class ServerView(Protocol):
+    """What a plugin may read of the server it runs in (``fedforge.server.Server`` is one);
+    a protocol, so that plugins below the server's floor need not import it."""
+
+    @property
+    def params(self) -> Params: ...
+    @property
+    def round(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def sampler(self) -> Sampler: ...
+    @property
+    def pipeline(self) -> Pipeline: ...
+    @property
+    def aggregator(self) -> Aggregator: ...
+    @property
+    def update_bound(self) -> NormBound | None: ...
+    @property
+    def eval_plan(self) -> EvalView: ...
 
 
 class Plugin:
@@ -24,15 +54,15 @@ class Plugin:
 
     name: str = "plugin"
 
-    def check(self, server: Server) -> None:
+    def check(self, server: ServerView) -> None:
         """Raise ``ValueError`` if this plugin cannot work with the server's configuration
         (called once, when the server is built, so errors come before any training)."""
 
-    def before_round(self, server: Server, round_: int) -> str | None:
+    def before_round(self, server: ServerView, round_: int) -> str | None:
         """Called before round ``round_`` runs; return a reason to stop instead."""
         return None
 
-    def after_round(self, server: Server, record: Record) -> None:
+    def after_round(self, server: ServerView, record: Record) -> None:
         """Called after the round's fit (and evaluation, if any); may add keys to ``record``."""
 
     def state(self) -> dict[str, Any]:

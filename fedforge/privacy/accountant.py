@@ -24,8 +24,8 @@ from fedforge.privacy.compat import check_composition
 from fedforge.privacy.events import event_from_json, event_to_json
 
 if TYPE_CHECKING:
+    from fedforge.plugins import ServerView
     from fedforge.server.history import Record
-    from fedforge.server.server import Server
 
 
 class EventSource(Protocol):
@@ -46,7 +46,7 @@ class EventSource(Protocol):
         """What the round that just ran spent (may differ, e.g. after dropouts)."""
         ...
 
-    def check(self, server: Server) -> None:
+    def check(self, server: ServerView) -> None:
         """Raise ``ValueError`` if the server is configured so the guarantee does not hold."""
 
 
@@ -94,11 +94,11 @@ class PrivacyAccountant(Plugin):
 
     # --- plugin hooks --------------------------------------------------------------------
 
-    def check(self, server: Server) -> None:
+    def check(self, server: ServerView) -> None:
         check_composition(server.aggregator, server.pipeline.transforms)
         self.source.check(server)
 
-    def before_round(self, server: Server, round_: int) -> str | None:
+    def before_round(self, server: ServerView, round_: int) -> str | None:
         if self._checked != id(server):
             self.check(server)
             self._checked = id(server)
@@ -113,7 +113,7 @@ class PrivacyAccountant(Plugin):
             )
         return None
 
-    def after_round(self, server: Server, record: Record) -> None:
+    def after_round(self, server: ServerView, record: Record) -> None:
         self.runs = _appended(self.runs, self.source.spent_event())
         record["epsilon"] = self.epsilon()
 

@@ -47,8 +47,8 @@ from fedforge.privacy.sampling import Sampling
 from fedforge.seeding import derive_seed
 
 if TYPE_CHECKING:
+    from fedforge.plugins import ServerView
     from fedforge.server.history import Record
-    from fedforge.server.server import Server
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,11 @@ class DPFedAvg(Plugin):
 
     # --- plugin --------------------------------------------------------------------------
 
-    def before_round(self, server: Server, round_: int) -> str | None:
+    def before_round(self, server: ServerView, round_: int) -> str | None:
         self.seed = derive_seed(server.seed, "dp-fedavg", round_)
         return None
 
-    def after_round(self, server: Server, record: Record) -> None:
+    def after_round(self, server: ServerView, record: Record) -> None:
         if self.last is None:
             return
         record["clip"] = self.last.clip
@@ -146,7 +146,7 @@ class DPFedAvg(Plugin):
     def spent_event(self) -> dpa.DpEvent:
         return self.planned_event()
 
-    def check(self, server: Server) -> None:
+    def check(self, server: ServerView) -> None:
         if server.aggregator is not self:
             raise ValueError(
                 "the privacy accountant counts DP-FedAvg's noise, but the server aggregates "
@@ -155,7 +155,7 @@ class DPFedAvg(Plugin):
         check_sampler(server, self.sampling)
 
 
-def check_sampler(server: Server, sampling: Sampling) -> None:
+def check_sampler(server: ServerView, sampling: Sampling) -> None:
     k = server.sampler.count(sampling.population)
     if k != sampling.per_round:
         raise ValueError(

@@ -39,8 +39,8 @@ from fedforge.privacy.sampling import Sampling
 from fedforge.transforms.base import ClientState, Context, Tensors
 
 if TYPE_CHECKING:
+    from fedforge.plugins import ServerView
     from fedforge.server.history import Record
-    from fedforge.server.server import Server
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class DistributedDPFedAvg(Plugin):
 
     # --- plugin and event source ---------------------------------------------------------
 
-    def after_round(self, server: Server, record: Record) -> None:
+    def after_round(self, server: ServerView, record: Record) -> None:
         if self.arrived is not None:
             record["noise_multiplier"] = self._effective(self.arrived)
 
@@ -143,7 +143,7 @@ class DistributedDPFedAvg(Plugin):
             return dpa.NoOpDpEvent()
         return self.sampling.gaussian_round(self._effective(self.arrived))
 
-    def check(self, server: Server) -> None:
+    def check(self, server: ServerView) -> None:
         want = self.participant_transform()
         found = [t for t in server.pipeline.transforms if isinstance(t, DistributedNoise)]
         if not any(

@@ -48,7 +48,7 @@ from fedforge.privacy.accounting import Relation
 from fedforge.seeding import derive_seed
 
 if TYPE_CHECKING:
-    from fedforge.server.server import Server
+    from fedforge.plugins import ServerView
 
 
 @dataclass(frozen=True)
@@ -223,5 +223,5 @@ class SampleLevel:
     def spent_event(self) -> dpa.DpEvent:
         return self.planned_event()
 
-    def check(self, server: Server) -> None:
+    def check(self, server: ServerView) -> None:
         return None

@@ -29,7 +29,7 @@ from fedforge.privacy.noise import add_gaussian, participant_generator
 from fedforge.transforms.base import ClientState, Context, Tensors
 
 if TYPE_CHECKING:
-    from fedforge.server.server import Server
+    from fedforge.plugins import ServerView
 
 
 # Sent to gRPC participants; not offered in the config file, where [privacy] is the
@@ -72,7 +72,7 @@ class LocalGaussian:
     def spent_event(self) -> dpa.DpEvent:
         return self.planned_event()
 
-    def check(self, server: Server) -> None:
+    def check(self, server: ServerView) -> None:
         if self not in server.pipeline.transforms:
             raise ValueError(
                 "the accountant counts local DP noise, but this LocalGaussian is not in the "

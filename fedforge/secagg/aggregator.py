@@ -92,8 +92,8 @@ from fedforge.transforms.pipeline import Pipeline
 from fedforge.transforms.randomk import RandomK
 
 if TYPE_CHECKING:
+    from fedforge.plugins import ServerView
     from fedforge.server.history import Record
-    from fedforge.server.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class RoundDriver(Protocol):
 class Channel(Protocol):
     """Where participants run: opens each round's ``RoundDriver``."""
 
-    def check(self, aggregator: SecureAggregator, server: Server) -> None:
+    def check(self, aggregator: SecureAggregator, server: ServerView) -> None:
         """Raise ``ValueError`` for a server configuration this channel cannot carry."""
         ...
 
@@ -244,7 +244,7 @@ class SecureAggregator(Plugin):
         return True
 
     # --- Plugin ---------------------------------------------------------------------------
-    def check(self, server: Server) -> None:
+    def check(self, server: ServerView) -> None:
         """Refuse, with the reason, a server this cannot run in: a non-linear transform in
         its pipeline, no population, or a round size the graph and threshold cannot serve.
         (The server calls it when it is built; ``before_round`` checks again.)"""
@@ -254,7 +254,7 @@ class SecureAggregator(Plugin):
         n = server.sampler.count(len(members))
         self.config.plan(0, members[:n])  # raises ValueError with the reason
 
-    def _check_setting(self, server: Server) -> list[ClientId]:
+    def _check_setting(self, server: ServerView) -> list[ClientId]:
         """What does not depend on who is connected; returns the population now."""
         check_pipeline(server.pipeline)
         if self.channel is not None:
@@ -267,7 +267,7 @@ class SecureAggregator(Plugin):
             )
         return members
 
-    def before_round(self, server: Server, round_: int) -> str | None:
+    def before_round(self, server: ServerView, round_: int) -> str | None:
         if self.channel is None:
             self.check(server)
         else:  # who is connected changes: a round too small is skipped, not the run
@@ -321,7 +321,7 @@ class SecureAggregator(Plugin):
         log.warning("round %d: secure aggregation aborted: %s", round_, why)
         self.aborted[round_] = why
 
-    def after_round(self, server: Server, record: Record) -> None:
+    def after_round(self, server: ServerView, record: Record) -> None:
         r = record.get("round")
         if r in self.aborted:
             record["secagg_aborted"] = self.aborted[r]

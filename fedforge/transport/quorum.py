@@ -16,7 +16,7 @@ from fedforge.plugins import Plugin
 from fedforge.transport.registry import Registry
 
 if TYPE_CHECKING:
-    from fedforge.server.server import Server
+    from fedforge.plugins import ServerView
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,12 @@ class Quorum(Plugin):
         self.timeout = timeout
         self._first = True
 
-    def gather(self, server: Server) -> str | None:
+    def gather(self, server: ServerView) -> str | None:
         """Wait for the first quorum (call before ``Server.run``, which needs participants
         to exist); return why training cannot start, or None."""
         return self.before_round(server, server.round + 1)
 
-    def before_round(self, server: Server, round_: int) -> str | None:
+    def before_round(self, server: ServerView, round_: int) -> str | None:
         want = self.need if self._first else server.sampler.count(len(self.registry))
         n = self.registry.wait_for(want, self.timeout)
         if self._first:

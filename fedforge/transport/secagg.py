@@ -66,8 +66,8 @@ from fedforge.transport.proto import fedforge_pb2 as pb
 from fedforge.transport.registry import Registry, SecAggAnswer, Task
 
 if TYPE_CHECKING:
+    from fedforge.plugins import ServerView
     from fedforge.secagg.aggregator import SecureAggregator
-    from fedforge.server.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class GrpcSecAgg:
         self.current: RemoteRound | None = None
         registry.secagg = self
 
-    def check(self, aggregator: SecureAggregator, server: Server) -> None:
+    def check(self, aggregator: SecureAggregator, server: ServerView) -> None:
         if server.pipeline.transforms:
             raise ValueError(
                 f"secure aggregation over gRPC: the server's pipeline {server.pipeline.names} "

@@ -17,8 +17,8 @@ from fedforge.plugins import Plugin
 from fedforge.transport.registry import Registry
 
 if TYPE_CHECKING:
+    from fedforge.plugins import ServerView
     from fedforge.server.history import Record
-    from fedforge.server.server import Server
 
 FILENAME = "federation.json"
 
@@ -68,13 +68,13 @@ class StatusFile(Plugin):
         tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, self.path)
 
-    def before_round(self, server: Server, round_: int) -> str | None:
+    def before_round(self, server: ServerView, round_: int) -> str | None:
         self.round = round_
         self.phase = f"round {round_} running"
         self.write()
         return None
 
-    def after_round(self, server: Server, record: Record) -> None:
+    def after_round(self, server: ServerView, record: Record) -> None:
         self.phase = f"round {record['round']} done"
         self.write()
 
