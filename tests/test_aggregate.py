@@ -29,6 +29,14 @@ def test_weighted_mean_by_examples():
     assert _agg(WeightedMean(), [[1, 2, 3], [4, 5, 6]], [1, 3]) == [3.25, 4.25, 5.25]
 
 
+def test_means_divide_by_the_total_exactly():
+    # 3.5*7 + 3.5*7 = 49 exactly; 49 * float32(1/14) rounds to 3.5000002, 49 / 14 is 3.5
+    assert _agg(WeightedMean(), [[3.5, 3.5, 3.5], [3.5, 3.5, 3.5]], [7, 7]) == [3.5] * 3
+    # the same for Mean over 3 updates: 0.7 * 3 / 3 must give back float32(0.7)
+    third = _agg(Mean(), [[0.7, 0.7, 0.7]] * 3, [1, 1, 1])
+    assert third == [torch.tensor(0.7).item()] * 3
+
+
 def test_streaming_keeps_one_buffer_and_does_not_alias_inputs():
     acc = WeightedMean().open(_u([0.0, 0.0]))
     first = _u([1.0, 1.0])
@@ -66,7 +74,8 @@ def _reference(updates, weights, normalize):
     for u, w in zip(updates, weights, strict=True):
         for k, v in acc.items():
             v.add_(u[k], alpha=w)
-    return {k: v * (1.0 / sum(weights)) for k, v in acc.items()} if normalize else acc
+    total = float(sum(weights))  # a true division, as the accumulator's (0-dim divisor)
+    return {k: v / torch.tensor(total, dtype=v.dtype) for k, v in acc.items()} if normalize else acc
 
 
 def _packed(p):

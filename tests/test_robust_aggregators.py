@@ -91,6 +91,18 @@ def test_multi_krum_default_m_is_n_minus_f_and_drops_the_outlier():
     assert shares["c5"] == 0.0
 
 
+def test_multi_krum_weighted_averages_the_chosen_by_examples():
+    rows = [[1.0, 1.0], [1.1, 0.9], [0.9, 1.1], [1.0, 1.2], [1.2, 1.0], OUTLIER]
+    weights = [1, 1, 2, 1, 1, 1000]
+    out, shares = _run(MultiKrum(f=1, m=3, weighted=True), rows, weights)
+    # chosen [1,1], [1.1,0.9], [0.9,1.1] weighted 1, 1, 2: ([1,1]+[1.1,.9]+2*[.9,1.1]) / 4
+    _close(out, [0.975, 1.025])
+    assert shares == pytest.approx({"c0": 0.25, "c1": 0.25, "c2": 0.5, "c3": 0, "c4": 0, "c5": 0})
+    # the default is the paper's equal weights, whatever the example counts
+    out, _ = _run(MultiKrum(f=1, m=3), rows, weights)
+    _close(out, [1.0, 1.0])
+
+
 def test_bulyan_hand_example():
     # n=7, f=1: Krum selects theta=5 (never the outlier), then per coordinate the
     # beta=3 values closest to the median of the selection are averaged.

@@ -12,7 +12,10 @@ Assumption: at most ``f`` of the ``n`` participants are Byzantine and
 if all ``f`` Byzantine updates are among the ``n - f - 2`` neighbours an
 honest update is scored against, ``n - 2f - 2 >= 1`` of them are honest. Multi-Krum further
 needs ``m <= n - f`` so the average can consist of honest updates only.
-Example counts are ignored: the chosen updates are averaged with equal weight.
+The chosen updates are averaged with equal weight by default, as in the paper;
+``weighted=True`` averages them by example count instead, as ``WeightedMean`` (FedAvg)
+does.
+Krum (``m = 1``) picks one update, so weighting changes nothing there.
 """
 
 from __future__ import annotations
@@ -58,15 +61,28 @@ def krum_scores(dist2: Tensor, f: int, alive: Tensor | None = None) -> Tensor:
     return torch.where(live, nearest.sum(dim=1), float("inf"))
 
 
-def multi_krum(updates: Tensor, f: int, m: int) -> tuple[Tensor, Tensor]:
-    """Average of the ``m`` best-scored rows, and shares (1/m for each chosen row)."""
+def multi_krum(
+    updates: Tensor, f: int, m: int, weights: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Average of the ``m`` best-scored rows, and each row's share of it: ``1/m`` for each
+    chosen row, or, given ``(n,)`` ``weights`` (example counts), the chosen rows' weights
+    normalized over the chosen rows (the average is then weighted by them)."""
     n = updates.shape[0]
     scores = krum_scores(squared_distances(updates), f)
     # stable sort: ties go to the earlier arrival, the same on every run
     chosen = torch.sort(scores, stable=True).indices[:m]
     shares = torch.zeros(n, dtype=torch.float64)
-    shares[chosen] = 1.0 / m
-    return updates[chosen].mean(dim=0), shares
+    if weights is None:
+        shares[chosen] = 1.0 / m
+        return updates[chosen].mean(dim=0), shares
+    w = weights[chosen].to(torch.float64)
+    total = w.sum()
+    if not total > 0:
+        raise ValueError("multi-krum: the chosen updates have a total weight of 0")
+    shares[chosen] = w / total
+    # (m, d) rows weighted and summed in float64, then divided once: no 1/total rounding
+    mean = (updates[chosen].to(torch.float64) * w[:, None]).sum(dim=0) / total
+    return mean.to(updates.dtype), shares
 
 
 def _check_krum_n(rule: str, n: int, f: int) -> None:
@@ -112,11 +128,14 @@ class MultiKrum:
     """Multi-Krum (Blanchard et al. 2017): the mean of the ``m`` best Krum-scored updates.
 
     Tolerates ``f`` Byzantine participants when ``n > 2f + 2`` and ``m <= n - f``;
-    ``m=None`` takes ``m = n - f``, the most the assumption allows.
+    ``m=None`` takes ``m = n - f``, the most the assumption allows. ``weighted``
+    (default False, the paper's rule): average the chosen updates by example count
+    instead of with equal weight.
     """
 
     f: Annotated[int, Field(ge=0)] = 1
     m: Annotated[int | None, Field(ge=1)] = None
+    weighted: bool = False
     name: str = field(default="multi_krum", init=False)
     linear: bool = field(default=False, init=False)
 
@@ -142,7 +161,8 @@ class MultiKrum:
             raise ValueError(f"multi-krum: needs m <= n - f, got m={self.m} with n={n}, f={self.f}")
 
     def combine(self, updates: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-        return multi_krum(updates, self.f, self.chosen(updates.shape[0]))
+        w = weights if self.weighted else None
+        return multi_krum(updates, self.f, self.chosen(updates.shape[0]), w)
 
     def open(self, template: Params) -> StackedAccumulator:
         return open_stacked(self, template)

@@ -17,9 +17,11 @@ write the accumulator), so it is written to move no more bytes than that:
 - an update that is itself laid out as one contiguous block in the accumulator's order
   (e.g. decoded from one wire buffer) is added as a single flat ``add_``, so a model of
   thousands of small tensors costs one kernel, not thousands;
-- the mean's division happens once, in ``result``, as one in-place multiply over the flat
-  buffer: ``result`` therefore closes the accumulator (asked again, it returns the same
-  answer; a later ``add`` is refused).
+- the mean's division happens once, in ``result``, as one in-place division of the flat
+  buffer by the total weight (a true division, correctly rounded: multiplying by
+  ``1 / total`` rounds twice, and the mean of 3.5 and 3.5 weighted 7 and 7 came out as
+  3.5000002): ``result`` therefore closes the accumulator (asked again, it returns the
+  same answer; a later ``add`` is refused).
 
 The accumulator keeps the template's dtype (float32 for a float32 model), as before.
 The per-tensor and the flat paths run the same elementwise kernel, so the result is
@@ -123,10 +125,13 @@ class _FlatBuffer:
             buf.copy_(x[start : start + k])
             _axpy(a[start : start + k], buf, alpha)
 
-    def scale_(self, s: float) -> None:
-        """``self *= s`` in place: one multiply per flat buffer."""
+    def divide_(self, d: float) -> None:
+        """``self /= d`` in place: one division per flat buffer. ``d`` is given as a 0-dim
+        tensor: with a Python scalar torch divides by multiplying with its reciprocal,
+        which is not correctly rounded."""
+        divisor = torch.tensor(d, dtype=torch.float64)
         for flat in self.flats.values():
-            flat.mul_(s)
+            flat.div_(divisor)
 
 
 def _axpy(acc: Tensor, x: Tensor, alpha: float) -> None:
@@ -257,7 +262,7 @@ class _RunningSum:
         if self.normalize:
             if self.total_weight <= 0:
                 raise ValueError("total aggregation weight is 0")
-            self.buffer.scale_(1.0 / self.total_weight)
+            self.buffer.divide_(self.total_weight)
         self._result = self.buffer.views
         return self._result
 
