@@ -51,6 +51,7 @@ from fedforge.plugins import Plugin
 from fedforge.seeding import derive_seed
 from fedforge.server import checkpoint as ckpts
 from fedforge.server.backend import Backend, FitBatch
+from fedforge.server.finite import next_state, watch
 from fedforge.server.history import History, Record
 from fedforge.server.rundir import RunDir
 from fedforge.server.sampler import Sampler
@@ -301,6 +302,8 @@ class Server:
         if len(keep) < len(batch):
             rows = rows[keep]
         fold.add_rows(rows, [batch.num_examples[i] for i in keep])
+        if hasattr(fold, "name_rows"):  # finite.watch: who sent each row, for culprits
+            fold.name_rows([batch.ids[i] for i in keep])
         losses = batch.metrics.get("train_loss")
         if losses is not None:
             for i in keep:
@@ -312,7 +315,8 @@ class Server:
         t0 = time.perf_counter()
         sampled = self.sampler.sample(r, list(clients))
         jobs = [(cid, self._info("fit", r, cid)) for cid in sampled]
-        acc = self.aggregator.open(self.template if self.template is not None else self.params)
+        template = self.template if self.template is not None else self.params
+        acc = watch(self.aggregator.open(template))
         if self.broadcast is not None:
             # Participants hold the broadcast reference (lossy downlink); their updates are
             # relative to it and the server still steps its own params (DoubleSqueeze-style).
@@ -369,9 +373,13 @@ class Server:
             step, algo_state = self.algorithm.finalize(
                 step, extras, self.algo_state, acc.count, len(clients)
             )
-            record["update_norm"] = l2_norm(step)
-            self.params = self.optimizer.step(self.params, step)
-            self.algo_state = algo_state
+            self.params, why = next_state(self.optimizer, self.params, delta, step, acc)
+            if why is None:
+                record["update_norm"] = l2_norm(step)
+                self.algo_state = algo_state
+            else:  # DESIGN invariant 7: the global state stays finite
+                record["skipped"] = why
+                log.warning("round %d: global model unchanged: %s", r, why)
         self.round = r
         record["fit_time_s"] = time.perf_counter() - t0
         return record
