@@ -16,7 +16,7 @@ N = 100
 
 def test_100_concurrent_participants_finish_a_round(tmp_path):
     registry = Registry()
-    ts = TransportServer(registry, insecure=True, max_workers=2 * N + 32).start()
+    ts = TransportServer(registry, insecure=True).start()
     procs = [
         constant_participants_process(ts.address, p, N // 2, tmp_path / f"{p}.log")
         for p in ("a", "b")

@@ -210,7 +210,6 @@ def run_server(args: argparse.Namespace) -> int:
         tls=None if args.insecure else ServerTLS.from_dir(args.certs),
         insecure=args.insecure,
         limits=limits,
-        max_workers=max(64, 2 * len(members) + 32),
     ).start()
     if args.port_file:
         Path(args.port_file).write_text(f"{server.port}\n")

@@ -12,12 +12,13 @@ tensors as raw buffers with dtype and shape, in chunks with a SHA-256 per messag
 from fedforge.transport.certs import make_all as make_certs
 from fedforge.transport.certs import revoke
 from fedforge.transport.codec import WireError
+from fedforge.transport.guard import StreamLimits
 from fedforge.transport.participant import Backoff, ParticipantStats, Refused, connect
 from fedforge.transport.quorum import Quorum
 from fedforge.transport.registry import Registry, RemoteClient
 from fedforge.transport.secagg import GrpcSecAgg
 from fedforge.transport.security import ClientTLS, ServerTLS
-from fedforge.transport.service import Limits, TransportServer
+from fedforge.transport.service import Limits, PortInUse, TransportServer
 from fedforge.transport.status import StatusFile
 
 __all__ = [
@@ -26,12 +27,14 @@ __all__ = [
     "GrpcSecAgg",
     "Limits",
     "ParticipantStats",
+    "PortInUse",
     "Quorum",
     "Refused",
     "Registry",
     "RemoteClient",
     "ServerTLS",
     "StatusFile",
+    "StreamLimits",
     "TransportServer",
     "WireError",
     "connect",

@@ -68,6 +68,14 @@ class SecAggChannel(Protocol):
     def round_for(self, round_: int) -> MaskedRound | None: ...
 
 
+def quote(text: str, limit: int = 200) -> str:
+    """``repr(text)`` cut to about ``limit`` characters, with the full length said: what a
+    caller sends is quoted in logs and replies this way, so it cannot flood them."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text):,} characters)"
+
+
 class Refusal(WireError):
     """A call refused for who makes it (unknown, revoked, wrong identity, replay)."""
 
@@ -197,7 +205,7 @@ class Registry(Mapping[ClientId, RemoteClient]):
 
     def join(self, cid: ClientId) -> Session:
         if self.allowed is not None and cid not in self.allowed:
-            raise Refusal(f"unknown participant {cid!r}: not a member of this federation")
+            raise Refusal(f"unknown participant {quote(cid)}: not a member of this federation")
         with self._lock:
             if self.finished is not None:
                 raise Refusal(f"the federation has finished: {self.finished}")
@@ -316,6 +324,24 @@ class Registry(Mapping[ClientId, RemoteClient]):
             task.claimed = True
             self.counters.setdefault(s.client, Counters()).last_seen = time.time()
             return task
+
+    def release(self, task: Task, why: str) -> None:
+        """A result stream for ``task`` broke before its end: the claim is dropped, so a
+        retry is accepted (a new sequence number), and the task goes again to its
+        participant's current session (a rejoin during the upload found it claimed)."""
+        with self._lock:
+            if task.done or not task.claimed:
+                return
+            task.claimed = False
+            s = self._current.get(task.client)
+            if s is not None and s.attending and s.closed is None:
+                s.outbox.put(task)
+        log.info(
+            "participant %s: result for task %s… broke (%s); open again",
+            task.client,
+            task.id[:8],
+            why,
+        )
 
     def resolve(self, task: Task, outcome: Outcome) -> bool:
         with self._lock:

@@ -2,8 +2,12 @@
 
 Every refused call is logged with its reason and answered with a gRPC status carrying
 that reason (``PERMISSION_DENIED`` for who is calling, ``INVALID_ARGUMENT`` for what was
-sent, ``FAILED_PRECONDITION`` for calls out of protocol order); nothing a caller sends
-can stop the server or the round.
+sent, ``FAILED_PRECONDITION`` for calls out of protocol order, ``RESOURCE_EXHAUSTED`` for
+too many calls at once, ``DEADLINE_EXCEEDED`` for a peer that stopped sending); nothing a
+caller sends can stop the server or the round. What a caller sends is quoted in the log
+cut to a few hundred characters, and refusals beyond a few per second are counted in one
+line, so a flood of bad calls cannot grow the log without bound. Idle and slow peers are
+bounded by ``guard.py``.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import NoReturn
+from dataclasses import dataclass, field
+from typing import NoReturn, TypeVar
 
 import grpc
 import torch
@@ -23,15 +28,21 @@ from fedforge.client.types import ClientFailure, EvalResult, FitResult
 from fedforge.participant import UPLOAD
 from fedforge.transport.chunks import DEFAULT_CHUNK, Cancelled, frames, read_payload
 from fedforge.transport.codec import WireError, describe_mismatch, parse_specs
+from fedforge.transport.guard import Busy, Guard, Stalled, StreamLimits, _Call
 from fedforge.transport.proto import fedforge_pb2 as pb
 from fedforge.transport.proto import fedforge_pb2_grpc as pb_grpc
-from fedforge.transport.registry import Refusal, Registry, SecAggAnswer, Session, Task
+from fedforge.transport.registry import Refusal, Registry, SecAggAnswer, Session, Task, quote
 from fedforge.transport.security import Revocations, ServerTLS, peer_identity
 
 log = logging.getLogger(__name__)
 
 PROTOCOL = 1
 _GRPC_SLACK = 1 << 20  # room for a frame's own fields around a chunk
+_QUOTE = 200  # characters of a caller's reason kept in logs and replies
+MAX_ID = 256  # longest participant id accepted
+_LOG_PER_S = 20  # refusals logged one by one per second; the rest are counted
+
+Q = TypeVar("Q")
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,7 @@ class Limits:
     chunk_bytes: int = DEFAULT_CHUNK
     max_message_bytes: int = 16 << 30  # one model or update; refuse larger before allocating
     ping_every: float = 5.0  # keep-alive on idle task channels (seconds)
+    streams: StreamLimits = field(default_factory=StreamLimits)
 
     def __post_init__(self) -> None:
         if self.chunk_bytes < 1 or self.max_message_bytes < 1 or self.ping_every <= 0:
@@ -81,17 +93,77 @@ class FederationService(pb_grpc.FederationServicer):
         self.revoked = Revocations(tls.revoked if tls else None)
         self.refusals = 0
         self._count_lock = threading.Lock()
+        self.guard = Guard(limits.streams, self.mutual)
+        self._log_window = (0.0, 0)  # (second, refusals logged in it)
+        self._unlogged = 0
 
     # --- refusal helpers -----------------------------------------------------------------
 
     def _refuse(
         self, ctx: grpc.ServicerContext, rpc: str, code: grpc.StatusCode, why: str
     ) -> NoReturn:
+        why = why if len(why) <= 4 * _QUOTE else why[: 4 * _QUOTE] + "…"
         with self._count_lock:
             self.refusals += 1
-        log.warning("refused %s from %s: %s", rpc, ctx.peer(), why)
+            now = int(time.monotonic())
+            second, logged = self._log_window
+            if second != now:
+                if self._unlogged:
+                    log.warning("… and %d more refused calls", self._unlogged)
+                second, logged, self._unlogged = now, 0, 0
+            speak = logged < _LOG_PER_S
+            if speak:
+                logged += 1
+            else:
+                self._unlogged += 1
+            self._log_window = (second, logged)
+        if speak:
+            log.warning("refused %s from %s: %s", rpc, ctx.peer()[:_QUOTE], why)
         ctx.abort(code, why)
         raise AssertionError("grpc abort returned")  # abort always raises
+
+    # --- the guarded entry points (guard.py): every request is read as a stream ---------
+
+    def _enter(self, rpc: str, ctx: grpc.ServicerContext) -> _Call:
+        try:
+            return self.guard.enter(ctx)
+        except Busy as exc:
+            self._refuse(ctx, rpc, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+
+    def _request(
+        self, rpc: str, call: _Call, requests: Iterator[Q], ctx: grpc.ServicerContext
+    ) -> Q:
+        try:
+            return self.guard.first(call, requests)
+        except Stalled as exc:
+            self._refuse(ctx, rpc, grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        except WireError as exc:
+            self._refuse(ctx, rpc, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    def guarded_join(
+        self, requests: Iterator[pb.JoinRequest], context: grpc.ServicerContext
+    ) -> pb.Welcome:
+        call = self._enter("Join", context)
+        try:
+            return self.Join(self._request("Join", call, requests, context), context)
+        finally:
+            self.guard.leave(call)
+
+    def guarded_attend(
+        self, requests: Iterator[pb.AttendRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.Frame]:
+        call = self._enter("Attend", context)
+        try:
+            yield from self.Attend(self._request("Attend", call, requests, context), context)
+        finally:
+            self.guard.leave(call)
+
+    def guarded_push(self, requests: Iterator[pb.Frame], context: grpc.ServicerContext) -> pb.Ack:
+        call = self._enter("PushResult", context)
+        try:
+            return self.PushResult(self.guard.frames(call, requests), context)
+        finally:
+            self.guard.leave(call)
 
     def _identity(self, ctx: grpc.ServicerContext, claimed: str) -> str:
         """Who is calling: the certificate's name under mutual TLS, else the claim."""
@@ -100,14 +172,16 @@ class FederationService(pb_grpc.FederationServicer):
             if cn is None:
                 raise Refusal("no verified client certificate")
             if claimed and claimed != cn:
-                raise Refusal(f"claims to be {claimed!r} but its certificate names {cn!r}")
+                raise Refusal(f"claims to be {quote(claimed)} but its certificate names {cn!r}")
             who = cn
         else:
             who = claimed
         if not who:
             raise Refusal("no participant id given")
+        if len(who) > MAX_ID:
+            raise Refusal(f"participant id {quote(who, 40)} is longer than {MAX_ID} characters")
         if who in self.revoked:
-            raise Refusal(f"participant {who!r} is revoked")
+            raise Refusal(f"participant {quote(who)} is revoked")
         return who
 
     def _session(self, ctx: grpc.ServicerContext, sid: str) -> Session:
@@ -195,13 +269,19 @@ class FederationService(pb_grpc.FederationServicer):
             self._refuse(context, "PushResult", grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except Cancelled:
             outcome = ClientFailure("participant cancelled its result")
+        except Stalled as exc:
+            if task is not None:  # a broken upload does not hold the task: it can come again
+                self.registry.release(task, str(exc))
+            self._refuse(context, "PushResult", grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         except WireError as exc:
             # The task's own participant sent a malformed result: fail that task, not the round.
             if task is not None:
                 self.registry.resolve(task, ClientFailure(f"malformed result: {exc}"))
             self._refuse(context, "PushResult", grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except grpc.RpcError:
-            raise  # abort() above, or the caller went away
+            if task is not None:  # the caller went away mid-upload: the task is open again
+                self.registry.release(task, "the result stream broke")
+            raise
         except Exception as exc:  # never let one participant's message take the server down
             if task is not None:
                 self.registry.resolve(task, ClientFailure(f"result could not be read: {exc!r}"))
@@ -281,7 +361,6 @@ class TransportServer:
         tls: ServerTLS | None = None,
         insecure: bool = False,
         limits: Limits | None = None,
-        max_workers: int = 256,
     ) -> None:
         if tls is None and not insecure:
             raise ValueError("give TLS credentials, or insecure=True for plain text (tests only)")
@@ -289,9 +368,15 @@ class TransportServer:
         self.limits = limits or Limits()
         self.service = FederationService(registry, self.limits, tls)
         frame_max = self.limits.chunk_bytes + _GRPC_SLACK
+        streams = self.limits.streams
+        # more workers than calls gRPC admits: a call over the limit is refused without a
+        # thread, and the pool always has one for the calls admitted (guard.py)
+        workers = streams.total + 16
         self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedforge-grpc"),
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedforge-grpc"),
+            maximum_concurrent_rpcs=streams.total,
             options=[
+                ("grpc.so_reuseport", 0),  # a busy port is refused, not shared
                 ("grpc.max_receive_message_length", frame_max),
                 ("grpc.max_send_message_length", frame_max),
                 ("grpc.keepalive_time_ms", 20_000),
@@ -299,14 +384,21 @@ class TransportServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ],
         )
-        pb_grpc.add_FederationServicer_to_server(self.service, self._server)
+        _register(self.service, self._server)
         addr = f"{host}:{port}"
-        if tls is None:
-            self.port = self._server.add_insecure_port(addr)
-        else:
-            self.port = self._server.add_secure_port(addr, tls.credentials())
+        try:
+            if tls is None:
+                self.port = self._server.add_insecure_port(addr)
+            else:
+                self.port = self._server.add_secure_port(addr, tls.credentials())
+        except RuntimeError:  # newer gRPC raises where older returned 0
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {addr}")
+            self.service.guard.close()
+            raise PortInUse(
+                f"cannot listen on {addr}: the port is in use (another fedforge server?) or "
+                "the address is not this machine's; choose another --port, or 0 for any free one"
+            )
         self.host = host
 
     @property
@@ -321,3 +413,33 @@ class TransportServer:
     def stop(self, grace: float = 2.0) -> None:
         self.registry.finish("server stopped")
         self._server.stop(grace).wait()
+        self.service.guard.close()
+
+
+class PortInUse(OSError):
+    """The server could not listen on the address asked for."""
+
+
+def _register(service: FederationService, server: grpc.Server) -> None:
+    """The Federation service with every request read as a stream (``guarded_*``), so a
+    call's first message has a deadline; on the wire a unary request is the same."""
+    handlers = {
+        "Join": grpc.stream_unary_rpc_method_handler(
+            service.guarded_join,
+            request_deserializer=pb.JoinRequest.FromString,
+            response_serializer=pb.Welcome.SerializeToString,
+        ),
+        "Attend": grpc.stream_stream_rpc_method_handler(
+            service.guarded_attend,
+            request_deserializer=pb.AttendRequest.FromString,
+            response_serializer=pb.Frame.SerializeToString,
+        ),
+        "PushResult": grpc.stream_unary_rpc_method_handler(
+            service.guarded_push,
+            request_deserializer=pb.Frame.FromString,
+            response_serializer=pb.Ack.SerializeToString,
+        ),
+    }
+    name = "fedforge.transport.v1.Federation"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
