@@ -4,10 +4,10 @@ import logging
 from collections.abc import Iterator, Sequence
 
 import torch
+from fedforge.backends.base import FitOutcome, Job
 
 import fedforge as ff
 from fedforge.backends import FitBatch, Sequential
-from fedforge.backends.base import FitOutcome, Job
 from fedforge.client.types import EvalResult, FitResult
 from fedforge.params import Params
 from fedforge.server.finite import culprits

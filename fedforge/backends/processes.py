@@ -14,6 +14,7 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import tempfile
 import weakref
 from collections import deque
@@ -40,6 +41,9 @@ _WORKER_PARAMS: tuple[str, Params] | None = None
 def _init_worker(clients: Mapping[ClientId, Client], threads: int) -> None:
     global _WORKER_CLIENTS
     _WORKER_CLIENTS = clients
+    # Ctrl-C reaches the whole process group: the parent handles it (final metrics, the
+    # message); a worker would only print a traceback for a task it was told to drop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -52,14 +54,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM ends a run as Ctrl-C does
     try:
         return int(args.func(args))
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, OSError, ValueError) as exc:  # bad path, busy port, bad certificate
+        if isinstance(exc, BrokenPipeError):
+            return _broken_pipe()
         print(f"fedforge: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fedforge: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
+    except KeyboardInterrupt:  # the commands that write a run say where it is themselves
+        print("fedforge: interrupted", file=sys.stderr)
         return 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _broken_pipe() -> int:
+    """The reader of stdout went away (``fedforge status RUN | head``): stop quietly. Point
+    stdout at /dev/null so that flushing it at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, as a shell reports it
 
 
 def entry() -> None:

@@ -103,7 +103,7 @@ def add_parsers(sub: Any) -> None:
         description="Serve participant(s) of CONFIG to the server at HOST:PORT until training ends.",
     )
     cli.add_argument("--server", required=True, metavar="HOST:PORT")
-    cli.add_argument("--config", help="the same experiment file the server uses")
+    cli.add_argument("--config", required=True, help="the same experiment file the server uses")
     _common_config(cli)
     cli.add_argument(
         "--id",
@@ -122,7 +122,13 @@ def add_parsers(sub: Any) -> None:
         "variate) in DIR/ID.safetensors, so it survives a restart of this process",
     )
     _security(cli)
-    cli.add_argument("--max-attempts", type=int, default=None, help="give up after N failed joins")
+    cli.add_argument(
+        "--max-attempts",
+        type=int,
+        default=10,
+        help="give up after N failed joins in a row (default 10, about 2 minutes of backoff; "
+        "0 = keep trying for ever)",
+    )
     cli.set_defaults(func=run_client)
 
     cert = sub.add_parser(
@@ -157,11 +163,12 @@ def _load_config(path: str | None, overrides: list[str], resume: str | None = No
     if resume:
         import yaml
 
+        from fedforge.cli.simulate import existing_run
         from fedforge.server import RunDir
 
         if path:
             raise C.ConfigError("give either CONFIG or --resume RUN_DIR, not both")
-        doc = yaml.safe_load(RunDir(resume).read_config())
+        doc = yaml.safe_load(RunDir(existing_run(resume)).read_config())
         return C.validate(C.apply_overrides(doc if isinstance(doc, dict) else {}, overrides))
     return C.load(path, overrides)
 
@@ -235,30 +242,82 @@ def run_server(args: argparse.Namespace) -> int:
             run_dir.path, args.dashboard_host, args.dashboard, certs=certs, status=live.doc
         ).start()
         dashboard.announce()
+    ended: str | None = None  # why the server ends before training finished
     try:
         why = quorum.gather(sim.server)
         if why is not None:
-            print(f"fedforge server: cannot start: {why}", file=sys.stderr)
-            return 1
-        history = sim.server.run(
-            registry,
-            cfg.server.rounds,
-            backend=GrpcBackend(registry, args.round_timeout),
-            run_dir=run_dir,
-            checkpoint_every=cfg.run.checkpoint_every,
-            keep_checkpoints=cfg.run.keep_checkpoints,
-            progress=not args.no_progress,
-        )
+            ended = f"cannot start: {why}"
+        else:
+            history = sim.server.run(
+                registry,
+                cfg.server.rounds,
+                backend=GrpcBackend(registry, args.round_timeout),
+                run_dir=run_dir,
+                checkpoint_every=cfg.run.checkpoint_every,
+                keep_checkpoints=cfg.run.keep_checkpoints,
+                progress=not args.no_progress,
+            )
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: run() wrote metrics, plot, checkpoints
+        ended = "interrupted"
     finally:
-        live.stop("stopped" if sim.server.stopped else "finished")
+        live.stop("stopped" if sim.server.stopped or ended else "finished")
         server.stop()
         if dashboard is not None:
             dashboard.stop()
+    if ended is not None:
+        if _drop_if_unused(run_dir.path, fresh=not args.resume):
+            print(f"fedforge server: {ended} (before any round; nothing kept)", file=sys.stderr)
+        else:
+            print(
+                f"fedforge server: {ended}; continue with fedforge server --resume "
+                f"{run_dir.path} (and the same --certs / --insecure)",
+                file=sys.stderr,
+            )
+        return 130 if ended == "interrupted" else 1
     summary_table(history, f"{cfg.name}: {len(history)} rounds")
     if sim.server.stopped:
         print(f"stopped early: {sim.server.stopped}", file=sys.stderr)
         return 1
     return 0
+
+
+def _drop_if_unused(path: Path, fresh: bool) -> bool:
+    """Remove a run directory this server made if no round ever ran in it (it holds only
+    its config and status file); True if removed."""
+    import shutil
+
+    if not fresh or (path / "checkpoints").exists() and any((path / "checkpoints").iterdir()):
+        return False
+    if (path / "metrics.jsonl").is_file() and (path / "metrics.jsonl").stat().st_size:
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    return True
+
+
+def server_address(text: str) -> str:
+    """``HOST:PORT`` checked: gRPC would dial port 443 for a bare host."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"--server {text}: give HOST:PORT, e.g. localhost:50051 (the port `fedforge "
+            "server` prints, or its --port-file)"
+        )
+    return text
+
+
+def check_certs(folder: str, ids: list[str]) -> None:
+    """Every file the participants' mutual TLS needs is there, before any thread starts."""
+    d = Path(folder)
+    need = [d / "ca.pem"]
+    for cid in ids:
+        need += [d / "participants" / f"{cid}.pem", d / "participants" / f"{cid}.key"]
+    missing = [str(p) for p in need if not p.is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise FileNotFoundError(
+            f"--certs {folder}: {missing[0]}{more} not found; make the certificates with "
+            f"`fedforge certs {folder} --config CONFIG` and copy each participant its own"
+        )
 
 
 def parse_ids(specs: list[str], members: list[str]) -> list[str]:
@@ -289,25 +348,34 @@ def run_client(args: argparse.Namespace) -> int:
     from fedforge.transport.participant import Backoff, serve_all
     from fedforge.transport.security import INSECURE_WARNING, ClientTLS
 
+    address = server_address(args.server)
+    if args.max_attempts is not None and args.max_attempts < 0:
+        raise ValueError(f"--max-attempts must be >= 0, got {args.max_attempts}")
     cfg = _load_config(args.config, args.overrides)
     sim = build(cfg)  # the same data split as the server and the simulation
     ids = parse_ids(args.ids, sorted(sim.clients))
     if args.insecure:
         print(INSECURE_WARNING, file=sys.stderr)
+    else:
+        check_certs(args.certs, ids)
+        from fedforge.transport.probe import check_tls
+
+        check_tls(address, ClientTLS.from_dir(args.certs, ids[0]))
     try:
         _, errors = serve_all(
             {cid: sim.clients[cid] for cid in ids},
-            args.server,
+            address,
             tls=lambda cid: None if args.insecure else ClientTLS.from_dir(args.certs, cid),
             insecure=args.insecure,
-            backoff=Backoff(attempts=args.max_attempts),
+            backoff=Backoff(attempts=args.max_attempts or None),
             seed=cfg.seed,
             state_dir=args.state_dir,
         )
     except KeyboardInterrupt:
         return 130
     if errors:
-        print(f"fedforge client: refused or unreachable: {json.dumps(errors)}", file=sys.stderr)
+        for cid, why in errors.items():
+            print(f"fedforge client: {cid}: {why}", file=sys.stderr)
         return 3
     return 0
 

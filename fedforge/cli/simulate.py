@@ -77,7 +77,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config:
             raise C.ConfigError("give either CONFIG or --resume RUN_DIR, not both")
-        run_dir = RunDir(args.resume)
+        run_dir = RunDir(existing_run(args.resume))
         doc = C.apply_overrides(_yaml(run_dir.read_config()), args.overrides)
         cfg = C.validate(doc)
     else:
@@ -97,21 +97,40 @@ def _simulate(args: argparse.Namespace) -> int:
         elif sim.server.round >= cfg.server.rounds:
             print(f"{run_dir.path} already finished {sim.server.round} rounds", file=sys.stderr)
     print(f"run directory: {run_dir.path}", file=sys.stderr)
-    history = sim.server.run(
-        sim.clients,
-        cfg.server.rounds,
-        backend=sim.backend,
-        run_dir=run_dir,
-        checkpoint_every=cfg.run.checkpoint_every,
-        keep_checkpoints=cfg.run.keep_checkpoints,
-        progress=not args.no_progress,
-    )
+    try:
+        history = sim.server.run(
+            sim.clients,
+            cfg.server.rounds,
+            backend=sim.backend,
+            run_dir=run_dir,
+            checkpoint_every=cfg.run.checkpoint_every,
+            keep_checkpoints=cfg.run.keep_checkpoints,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: run() wrote metrics, plot, checkpoints
+        print(
+            f"fedforge: interrupted; metrics and checkpoints in {run_dir.path}; continue with "
+            f"fedforge simulate --resume {run_dir.path}",
+            file=sys.stderr,
+        )
+        return 130
     summary_table(history, f"{cfg.name}: {len(history)} rounds")
     _print_reputation(history)
     if sim.server.stopped:
         print(f"stopped early: {sim.server.stopped}", file=sys.stderr)
     print(f"metrics, plot and checkpoints in {run_dir.path}", file=sys.stderr)
     return 0
+
+
+def existing_run(path: str) -> Path:
+    """``path`` if it is a run directory (it has the config ``--resume`` reads)."""
+    p = Path(path)
+    if not (p / "config.yaml").is_file():
+        raise FileNotFoundError(
+            f"no run to resume at {p} (no config.yaml there): give a directory that "
+            "`fedforge simulate` or `fedforge server` made, e.g. runs/<name>-<time>"
+        )
+    return p
 
 
 def _print_reputation(history: History) -> None:

@@ -233,8 +233,9 @@ class _Participant:
         return grpc.secure_channel(self.address, self.tls.credentials(), options=opts)
 
     def run(self) -> ParticipantStats:
-        attempt = 0
+        attempt, last = 0, "no answer"
         while not self.stop.is_set():
+            joins = self.stats.joins
             try:
                 if self._session():
                     return self.stats
@@ -242,11 +243,14 @@ class _Participant:
             except Refused:
                 raise
             except (grpc.RpcError, WireError) as exc:
-                log.info("participant %s: connection lost (%s)", self.client_id, _why(exc))
+                last = _why(exc)
+                what = "connection lost" if self.stats.joins > joins else "cannot reach the server"
+                log.info("participant %s: %s (%s)", self.client_id, what, last)
             attempt += 1
             if self.backoff.attempts is not None and attempt > self.backoff.attempts:
                 raise ConnectionError(
-                    f"participant {self.client_id}: no server at {self.address} after {attempt - 1} attempts"
+                    f"no server at {self.address} after {attempt - 1} attempts (last: "
+                    f"{last[:300]}); is `fedforge server` running there?"
                 )
             self.stop.wait(self.backoff.delay(attempt - 1, self.rng))
         self.stats.finished = self.stats.finished or "stopped"
