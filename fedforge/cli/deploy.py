@@ -103,7 +103,11 @@ def add_parsers(sub: Any) -> None:
         description="Serve participant(s) of CONFIG to the server at HOST:PORT until training ends.",
     )
     cli.add_argument("--server", required=True, metavar="HOST:PORT")
-    cli.add_argument("--config", required=True, help="the same experiment file the server uses")
+    cli.add_argument(
+        "--config",
+        help="the same experiment file the server uses (required, unless the same --set "
+        "overrides as the server's describe the federation)",
+    )
     _common_config(cli)
     cli.add_argument(
         "--id",
@@ -349,6 +353,11 @@ def run_client(args: argparse.Namespace) -> int:
     from fedforge.transport.security import INSECURE_WARNING, ClientTLS
 
     address = server_address(args.server)
+    if not args.config and not args.overrides:
+        raise ValueError(
+            "give --config, the experiment file the server uses (or its --set overrides): "
+            "without it this participant would build the built-in Fashion-MNIST defaults"
+        )
     if args.max_attempts is not None and args.max_attempts < 0:
         raise ValueError(f"--max-attempts must be >= 0, got {args.max_attempts}")
     cfg = _load_config(args.config, args.overrides)
