@@ -128,6 +128,11 @@ class Assembler:
         return self.tensors
 
 
+class Truncated(WireError):
+    """The stream ended in the middle of a message (the sender's connection broke, or it
+    cancelled its call): nothing wrong was sent, only not everything."""
+
+
 class Stray(WireError):
     """A message was cut short by the start of another; ``frame`` is that next header."""
 
@@ -152,4 +157,4 @@ def read_payload(first: Iterator[pb.Frame], layout: Layout, max_chunk: int) -> d
             )
         else:
             raise WireError(f"unexpected {kind or 'empty'} frame inside a message's payload")
-    raise WireError(f"message ended before its trailer ({asm.received} of {asm.total} bytes)")
+    raise Truncated(f"message ended before its trailer ({asm.received} of {asm.total} bytes)")

@@ -26,7 +26,7 @@ import torch
 
 from fedforge.client.types import ClientFailure, EvalResult, FitResult
 from fedforge.participant import UPLOAD
-from fedforge.transport.chunks import DEFAULT_CHUNK, Cancelled, frames, read_payload
+from fedforge.transport.chunks import DEFAULT_CHUNK, Cancelled, Truncated, frames, read_payload
 from fedforge.transport.codec import WireError, describe_mismatch, parse_specs
 from fedforge.transport.guard import Busy, Guard, Stalled, StreamLimits, _Call
 from fedforge.transport.proto import fedforge_pb2 as pb
@@ -269,10 +269,11 @@ class FederationService(pb_grpc.FederationServicer):
             self._refuse(context, "PushResult", grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except Cancelled:
             outcome = ClientFailure("participant cancelled its result")
-        except Stalled as exc:
+        except (Stalled, Truncated) as exc:
             if task is not None:  # a broken upload does not hold the task: it can come again
                 self.registry.release(task, str(exc))
-            self._refuse(context, "PushResult", grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if isinstance(exc, Stalled) else None
+            self._refuse(context, "PushResult", code or grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except WireError as exc:
             # The task's own participant sent a malformed result: fail that task, not the round.
             if task is not None:
