@@ -8,6 +8,7 @@ import time
 
 import grpc
 import torch
+from grpc_helpers import wait_until
 
 from fedforge.client.types import FitResult, RoundInfo
 from fedforge.transport import Registry, TransportServer
@@ -15,7 +16,6 @@ from fedforge.transport.chunks import Payload, frames
 from fedforge.transport.proto import fedforge_pb2 as pb
 from fedforge.transport.proto import fedforge_pb2_grpc as pb_grpc
 from fedforge.transport.service import PROTOCOL
-from tests.grpc_helpers import wait_until
 
 
 def _result(session: str, task_id: str, seq: int) -> list[pb.Frame]:

@@ -11,6 +11,7 @@ import time
 
 import grpc
 import torch
+from grpc_helpers import ConstantClient, wait_until
 
 from fedforge.backends.grpc_backend import GrpcBackend
 from fedforge.client.types import FitResult, RoundInfo
@@ -19,7 +20,6 @@ from fedforge.transport.guard import StreamLimits
 from fedforge.transport.proto import fedforge_pb2 as pb
 from fedforge.transport.proto import fedforge_pb2_grpc as pb_grpc
 from fedforge.transport.service import PROTOCOL
-from tests.grpc_helpers import ConstantClient, wait_until
 
 HONEST = ["h0", "h1"]
 _SVC = "/fedforge.transport.v1.Federation/"
