@@ -4,10 +4,9 @@ import logging
 from collections.abc import Iterator, Sequence
 
 import torch
-from fedforge.backends.base import FitOutcome, Job
 
 import fedforge as ff
-from fedforge.backends import FitBatch, Sequential
+from fedforge.backends import FitBatch, FitOutcome, Job, Sequential
 from fedforge.client.types import EvalResult, FitResult
 from fedforge.params import Params
 from fedforge.server.finite import culprits
