@@ -97,7 +97,9 @@ def test_vectorized_batches_plain_sgd_plans_and_says_why_not_the_rest(caplog):
     want = run(Sequential())
     with caplog.at_level(logging.WARNING):
         got = run(Vectorized(clients_per_batch=4))
-    assert all(torch.equal(got[k], v) for k, v in want.items())
+    # the two batched participants are trained by the vmapped program, whose sums may differ
+    # from one-at-a-time training in the last bit; the fallback ones exactly as Sequential
+    assert all(torch.allclose(got[k], v, rtol=0, atol=1e-6) for k, v in want.items())
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "2 of 4 participants" in said and "max_grad_norm" in said
 

@@ -6,26 +6,26 @@ with 1,000 examples each make a float32 weighted sum of 1e39, i.e. inf. So the a
 and the next global state the server optimizer makes of it, are checked before they
 replace the model; a round that would make it non-finite is skipped with the reason.
 
-Naming who caused it: ``watch`` wraps the round's accumulator and keeps, per participant,
-its weighted magnitude ``weight * max |update|`` (one read-only ``aminmax`` per update, no
-copy; memory O(participants), not O(model)). The sum of these bounds every element of
-the weighted sum, so the participants without whom the rest stays below the dtype's
-largest value are the ones whose updates overflowed it: ``culprits`` takes them largest
-first. With no such participant (the overflow came from the server optimizer's step),
-nobody is named.
+Naming who caused it: the server keeps, per participant, its weighted magnitude
+``weight * max |update|`` (``magnitude``: one read-only ``aminmax`` per update, no copy;
+memory O(participants), not O(model)). The sum of these bounds every element of the
+weighted sum, so the participants without whom the rest stays below the dtype's largest
+value are the ones whose updates overflowed it: ``culprits`` takes them largest first.
+Rows folded in bulk (``FitBatch``) keep ``|row sum|`` instead, which the batch check has
+already computed (inf where it overflowed): not a bound, but free, and an overflowing row
+still comes first. With no such participant (the overflow came from the server
+optimizer's step), nobody is named.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
-from fedforge.aggregate import Accumulator, RowAccumulator
 from fedforge.optim import ServerOptimizer
 from fedforge.params import ClientId, Params, tensor_is_finite
 
@@ -38,64 +38,6 @@ def magnitude(update: Mapping[str, Tensor]) -> float:
             lo, hi = torch.aminmax(t)
             out = max(out, abs(float(lo)), abs(float(hi)))
     return out
-
-
-class _Watched:
-    """An accumulator that records each folded update's weighted magnitude."""
-
-    def __init__(self, inner: Accumulator) -> None:
-        self.inner = inner
-        self.scales: dict[ClientId, float] = {}
-
-    @property
-    def count(self) -> int:
-        return self.inner.count
-
-    @count.setter
-    def count(self, value: int) -> None:
-        self.inner.count = value
-
-    def add(self, update: Params, weight: float, client: ClientId = "") -> None:
-        self.inner.add(update, weight, client)
-        key = client or f"#{len(self.scales)}"
-        self.scales[key] = float(weight) * magnitude(update)
-
-    def result(self) -> Params:
-        return self.inner.result()
-
-    def report(self) -> dict[ClientId, float]:
-        return self.inner.report()
-
-    def __getattr__(self, name: str) -> Any:  # anything else the inner accumulator offers
-        return getattr(self.inner, name)
-
-
-class _WatchedRows(_Watched):
-    """``_Watched`` for an accumulator that also folds rows (``RowAccumulator``)."""
-
-    def add_rows(self, rows: Tensor, weights: Sequence[float]) -> None:
-        inner = self.inner
-        assert isinstance(inner, RowAccumulator)
-        inner.add_rows(rows, weights)
-        if rows.is_floating_point() and rows.numel():
-            lo, hi = torch.aminmax(rows, dim=1)  # (rows,) each
-            peak = torch.maximum(lo.abs(), hi.abs()).tolist()
-        else:
-            peak = [0.0] * len(weights)
-        first = len(self.scales)
-        for i, (w, m) in enumerate(zip(weights, peak, strict=True)):
-            self.scales[f"#{first + i}"] = float(w) * float(m)
-
-    def name_rows(self, ids: Sequence[ClientId]) -> None:
-        """Rename the last ``len(ids)`` row entries to these participant ids."""
-        keys = list(self.scales)[-len(ids) :] if ids else []
-        for key, cid in zip(keys, ids, strict=True):
-            self.scales[cid] = self.scales.pop(key)
-
-
-def watch(acc: Accumulator) -> Accumulator:
-    """``acc``, recording every update's weighted magnitude for ``culprits``."""
-    return _WatchedRows(acc) if isinstance(acc, RowAccumulator) else _Watched(acc)
 
 
 def culprits(scales: Mapping[ClientId, float], limit: float) -> list[ClientId]:
@@ -125,19 +67,22 @@ def _first_bad(params: Params) -> str | None:
 
 
 def next_state(
-    optimizer: ServerOptimizer, params: Params, aggregate: Params, step: Params, acc: Accumulator
+    optimizer: ServerOptimizer,
+    params: Params,
+    aggregate: Params,
+    step: Params,
+    scales: Mapping[ClientId, float],
 ) -> tuple[Params, str | None]:
     """The next global parameters and None; or ``params`` unchanged (and the optimizer's
-    state as it was) with the reason, when the round's ``aggregate`` (what ``acc`` made),
-    the ``step`` the algorithm made of it, or the optimizer's step is not finite."""
+    state as it was) with the reason, when the round's ``aggregate``, the ``step`` the
+    algorithm made of it, or the optimizer's step is not finite. ``scales`` are the
+    participants' weighted magnitudes (see the module docstring)."""
     bad = _first_bad(aggregate)
     if bad is not None:
         why = f"aggregate is not finite (tensor {bad!r} holds NaN or Inf)"
-        scales = getattr(acc, "scales", None)
-        if isinstance(scales, dict):
-            named = culprits(scales, _largest(params))
-            if named:
-                why += f"; the sum overflows because of {', '.join(map(str, named))}"
+        named = culprits(scales, _largest(params))
+        if named:
+            why += f"; the sum overflows because of {', '.join(map(str, named))}"
         return params, why
     bad = _first_bad(step)
     if bad is not None:

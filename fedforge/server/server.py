@@ -51,7 +51,7 @@ from fedforge.plugins import Plugin
 from fedforge.seeding import derive_seed
 from fedforge.server import checkpoint as ckpts
 from fedforge.server.backend import Backend, FitBatch
-from fedforge.server.finite import next_state, watch
+from fedforge.server.finite import magnitude, next_state
 from fedforge.server.history import History, Record
 from fedforge.server.rundir import RunDir
 from fedforge.server.sampler import Sampler
@@ -77,6 +77,7 @@ class _Tally:
     loss_sum: float = 0.0
     loss_weight: int = 0
     bytes_up: int = 0
+    scales: dict[str, float] = field(default_factory=dict)  # weight * max |update|
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,7 @@ class Server:
             t.rejected[cid] = why
             return
         acc.add(update, res.num_examples, cid)
+        t.scales[cid] = res.num_examples * magnitude(update)  # to name who overflows a sum
         self._tally_loss(t, res.metrics, res.num_examples)
 
     @staticmethod
@@ -290,7 +292,7 @@ class Server:
             for cid, res in batch.results():
                 self._take(r, cid, res, acc, t)
             return
-        verdicts = check_rows(batch, rows, self.params)
+        verdicts, sizes = check_rows(batch, rows, self.params)
         t.bytes_up += num_bytes(batch.updates)  # every row's update, as _take counts them
         keep = [i for i, why in enumerate(verdicts) if why is None]
         for cid, why in zip(batch.ids, verdicts, strict=True):
@@ -302,8 +304,8 @@ class Server:
         if len(keep) < len(batch):
             rows = rows[keep]
         fold.add_rows(rows, [batch.num_examples[i] for i in keep])
-        if hasattr(fold, "name_rows"):  # finite.watch: who sent each row, for culprits
-            fold.name_rows([batch.ids[i] for i in keep])
+        for i in keep:
+            t.scales[batch.ids[i]] = batch.num_examples[i] * sizes[i]
         losses = batch.metrics.get("train_loss")
         if losses is not None:
             for i in keep:
@@ -316,7 +318,7 @@ class Server:
         sampled = self.sampler.sample(r, list(clients))
         jobs = [(cid, self._info("fit", r, cid)) for cid in sampled]
         template = self.template if self.template is not None else self.params
-        acc = watch(self.aggregator.open(template))
+        acc = self.aggregator.open(template)
         if self.broadcast is not None:
             # Participants hold the broadcast reference (lossy downlink); their updates are
             # relative to it and the server still steps its own params (DoubleSqueeze-style).
@@ -373,7 +375,7 @@ class Server:
             step, algo_state = self.algorithm.finalize(
                 step, extras, self.algo_state, acc.count, len(clients)
             )
-            self.params, why = next_state(self.optimizer, self.params, delta, step, acc)
+            self.params, why = next_state(self.optimizer, self.params, delta, step, tally.scales)
             if why is None:
                 record["update_norm"] = l2_norm(step)
                 self.algo_state = algo_state
