@@ -207,10 +207,13 @@ class Server:
     # --- the round -----------------------------------------------------------------------
 
     def _info(self, kind: str, round_: int, cid: ClientId) -> RoundInfo:
+        seed = derive_seed(self.seed, kind, round_, cid)
+        if self.plan.identity:  # no uplink to seed: skip two hashes per participant
+            return RoundInfo(round_, seed, dict(self.feedback))
         ctx = self.transform_context(round_, cid)
         return RoundInfo(
             round_,
-            derive_seed(self.seed, kind, round_, cid),
+            seed,
             dict(self.feedback),
             uplink_seed=ctx.seed,
             round_seed=ctx.round_seed or 0,
