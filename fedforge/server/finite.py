@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -71,16 +71,16 @@ def next_state(
     params: Params,
     aggregate: Params,
     step: Params,
-    scales: Mapping[ClientId, float],
+    scales: Callable[[], Mapping[ClientId, float]],
 ) -> tuple[Params, str | None]:
     """The next global parameters and None; or ``params`` unchanged (and the optimizer's
     state as it was) with the reason, when the round's ``aggregate``, the ``step`` the
     algorithm made of it, or the optimizer's step is not finite. ``scales`` are the
-    participants' weighted magnitudes (see the module docstring)."""
+    participants' weighted magnitudes, computed only if the aggregate overflowed."""
     bad = _first_bad(aggregate)
     if bad is not None:
         why = f"aggregate is not finite (tensor {bad!r} holds NaN or Inf)"
-        named = culprits(scales, _largest(params))
+        named = culprits(scales(), _largest(params))
         if named:
             why += f"; the sum overflows because of {', '.join(map(str, named))}"
         return params, why

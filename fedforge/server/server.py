@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -78,6 +79,14 @@ class _Tally:
     loss_weight: int = 0
     bytes_up: int = 0
     scales: dict[str, float] = field(default_factory=dict)  # weight * max |update|
+    rows: list[tuple[list[str], Tensor]] = field(default_factory=list)  # bulk rows' scales
+
+    def all_scales(self) -> dict[str, float]:
+        """Every folded participant's weighted magnitude (see ``finite``)."""
+        out = dict(self.scales)
+        for ids, scale in self.rows:
+            out.update(zip(ids, scale.tolist(), strict=True))
+        return out
 
 
 @dataclass(frozen=True)
@@ -307,8 +316,13 @@ class Server:
         if len(keep) < len(batch):
             rows = rows[keep]
         fold.add_rows(rows, [batch.num_examples[i] for i in keep])
-        for i in keep:
-            t.scales[batch.ids[i]] = batch.num_examples[i] * sizes[i]
+        # weight * |row sum| of every folded row, kept as tensors: read only if the round's
+        # aggregate overflows (finite.culprits), never per row in Python
+        scale = torch.tensor(batch.num_examples, dtype=torch.float64) * sizes.double()
+        if len(keep) < len(batch):
+            t.rows.append(([batch.ids[i] for i in keep], scale[keep]))
+        else:
+            t.rows.append((list(batch.ids), scale))
         losses = batch.metrics.get("train_loss")
         if losses is not None:
             for i in keep:
@@ -378,7 +392,7 @@ class Server:
             step, algo_state = self.algorithm.finalize(
                 step, extras, self.algo_state, acc.count, len(clients)
             )
-            self.params, why = next_state(self.optimizer, self.params, delta, step, tally.scales)
+            self.params, why = next_state(self.optimizer, self.params, delta, step, tally.all_scales)
             if why is None:
                 record["update_norm"] = l2_norm(step)
                 self.algo_state = algo_state

@@ -15,7 +15,7 @@ from fedforge.server.backend import FitBatch
 
 def check_rows(
     batch: FitBatch, rows: Tensor, template: Params
-) -> tuple[list[str | None], list[float]]:
+) -> tuple[list[str | None], Tensor]:
     """``check_update``'s verdict on every participant of ``batch``, whose updates are the
     rows of ``rows`` (``batch.rows(template)``): the structure once, finiteness with one
     reduction over all rows; a row whose sum is not finite, or whose example count is bad,
@@ -28,13 +28,13 @@ def check_rows(
         updates[k].shape[1:] == t.shape and updates[k].dtype == t.dtype for k, t in template.items()
     ):
         each = [check_update(batch.result(i), template) for i in range(n)]
-        return each, [math.inf] * n
+        return each, torch.full((n,), math.inf)
     suspects = {i for i, c in enumerate(batch.num_examples) if not isinstance(c, int) or c <= 0}
-    sizes = [0.0] * n
+    sizes = torch.zeros(n)
     if rows.is_floating_point():
         sums = rows.sum(dim=1)
         suspects.update(torch.logical_not(torch.isfinite(sums)).nonzero().flatten().tolist())
-        sizes = sums.abs().tolist()
+        sizes = sums.abs()
     verdicts: list[str | None] = [None] * n
     for i in suspects:
         verdicts[i] = check_update(batch.result(i), template)
