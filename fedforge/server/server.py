@@ -44,7 +44,6 @@ from fedforge.client.types import (
     MaskedUpload,
     RoundInfo,
 )
-from fedforge.client.validation import check_update
 from fedforge.optim import FedAvg, ServerOptimizerSpec
 from fedforge.params import ClientId, Params, clone, l2_norm, num_bytes
 from fedforge.participant import Participants, Plan, payload_of
@@ -242,7 +241,7 @@ class Server:
         Returns (update, bytes on the wire, reason to leave it out or None)."""
         size = num_bytes(res.update)
         if self.plan.identity:
-            return res.update, size, check_update(res, self.params)
+            return res.update, size, self.algorithm.check(res, self.params)
         ctx = self.transform_context(r, cid)
         try:
             update = self.pipeline.decode(payload_of(res.update), ctx, self.template)
