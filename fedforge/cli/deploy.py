@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -425,17 +424,11 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def exit_after_client(command: str | None, code: int) -> None:
-    """Leave a finished ``fedforge client`` process without interpreter teardown.
+    """Leave a finished ``fedforge client`` process with ``participant.leave_process``.
 
-    Every participant thread has been joined and its result logged by then, but native
-    threads of gRPC and torch that served those participants can still abort the
-    process in static destructors at exit ("terminate called without an active
-    exception", SIGABRT), turning a clean run into exit status -6. So flush what
-    Python buffers and ``os._exit``. Other commands exit normally.
+    Other commands exit normally.
     """
-    if command != "client":
-        return
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    if command == "client":
+        from fedforge.transport.participant import leave_process
+
+        leave_process(code)

@@ -148,4 +148,3 @@ class RunReader:
             config_text=self._read_config(),
             federation=self._read_federation(),
         )
-

@@ -308,4 +308,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fedforge.transport.participant import leave_process
+
+    leave_process(main())

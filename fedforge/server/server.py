@@ -391,7 +391,9 @@ class Server:
             step, algo_state = self.algorithm.finalize(
                 step, extras, self.algo_state, acc.count, len(clients)
             )
-            self.params, why = next_state(self.optimizer, self.params, delta, step, tally.all_scales)
+            self.params, why = next_state(
+                self.optimizer, self.params, delta, step, tally.all_scales
+            )
             if why is None:
                 record["update_norm"] = l2_norm(step)
                 self.algo_state = algo_state

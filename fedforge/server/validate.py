@@ -13,9 +13,7 @@ from fedforge.params import Params
 from fedforge.server.backend import FitBatch
 
 
-def check_rows(
-    batch: FitBatch, rows: Tensor, template: Params
-) -> tuple[list[str | None], Tensor]:
+def check_rows(batch: FitBatch, rows: Tensor, template: Params) -> tuple[list[str | None], Tensor]:
     """``check_update``'s verdict on every participant of ``batch``, whose updates are the
     rows of ``rows`` (``batch.rows(template)``): the structure once, finiteness with one
     reduction over all rows; a row whose sum is not finite, or whose example count is bad,

@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 from safetensors.torch import load_file, save_file
@@ -473,3 +475,18 @@ def _why(exc: BaseException) -> str:
         details = exc.details() if hasattr(exc, "details") else ""
         return f"{code.name if code else 'error'}: {details}"
     return str(exc)
+
+
+def leave_process(code: int) -> NoReturn:
+    """Exit a process whose participants have all finished, without interpreter teardown.
+
+    Every participant thread has been joined and its result logged by then, but native
+    threads of gRPC and torch that served those participants can still abort the
+    process in static destructors at exit ("terminate called without an active
+    exception", SIGABRT), turning a clean run into exit status -6. So flush what
+    Python buffers and ``os._exit``.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
