@@ -43,6 +43,70 @@ def build_data(cfg: Declaration, seed: int) -> D.FederatedData:
     return data
 
 
+def site_federation(cfg: C.ExperimentConfig) -> tuple[D.FederatedData, dict[str, Any]]:
+    """A simulation of sites that bring their own files (``[federation] sites``): each site
+    reads only its own file; the federation's preprocessing comes from the sites' sums
+    (``fedforge.data.site_data``), exactly as a deployed server computes it."""
+    from fedforge.config.site import load_site
+    from fedforge.data.site_data import SiteData, SiteDataError, merge_stats
+
+    data = cfg.data
+    assert isinstance(data, SiteData)
+    sites = [load_site(p) for p in cfg.federation.sites]
+    ids = [s.id for s in sites]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise C.ConfigError(
+            f"federation.sites: site id(s) {twice} appear in more than one site config"
+        )
+    try:
+        tables = {s.id: data.read(s.data.path, s.data.format) for s in sites}
+        stats = {sid: data.local_stats(t, cfg.seed, sid) for sid, t in tables.items()}
+        prep = data.preprocessing(merge_stats(stats))
+        clients = {sid: data.client_data(t, prep, cfg.seed, sid) for sid, t in tables.items()}
+    except SiteDataError as exc:
+        raise C.ConfigError(str(exc)) from None
+    shape, classes = data.shape(prep)
+    return D.FederatedData(clients, None, classes, shape), prep
+
+
+def federation_doc(cfg: C.ExperimentConfig, prep: Mapping[str, Any] | None) -> str:
+    """What a site needs of the federation config, as JSON sent with every task: the data
+    schema, the model, local training and the seed (so sites cannot drift), and once known
+    the federation's preprocessing. Never a site's path: the config names none."""
+    import json
+
+    return json.dumps(
+        {
+            "seed": cfg.seed,
+            "data": cfg.data.model_dump(mode="json"),
+            "model": cfg.model.model_dump(mode="json"),
+            "client": cfg.client.model_dump(mode="json"),
+            "preprocessing": prep,
+        },
+        sort_keys=True,
+    )
+
+
+def task_for(num_classes: int | None) -> Task:
+    return classification() if num_classes is not None else regression()
+
+
+def torch_client(c: C.ClientConfig, model: nn.Module, cd: D.ClientData, task: Task) -> TorchClient:
+    """A participant's local training as ``[client]`` describes it."""
+    return TorchClient(
+        model,
+        cd.train,
+        task,
+        test=cd.test,
+        optimizer=_client_optimizer(c),
+        epochs=c.epochs,
+        steps=c.steps,
+        batch_size=c.batch_size,
+        prox_mu=c.prox_mu,
+    )
+
+
 def build_model(cfg: Declaration, fd: D.FederatedData) -> nn.Module:
     """The ``[model]`` section, sized for ``fd``'s inputs and classes."""
     model: nn.Module = cfg.build(fd.input_shape, fd.num_classes)
@@ -94,6 +158,7 @@ class Simulation:
     clients: dict[ClientId, TorchClient]
     server: Server
     backend: Backend
+    preprocessing: dict[str, Any] | None = None  # sites' federation: computed from their sums
 
 
 def differential_privacy(
@@ -147,28 +212,17 @@ def make_backend(b: C.BackendConfig) -> Backend:
 
 def build(cfg: C.ExperimentConfig) -> Simulation:
     torch.manual_seed(cfg.seed)  # model initialisation only; training randomness is derived
-    fd = build_data(cfg.data, cfg.seed)
+    prep = None
+    if cfg.site_data:
+        fd, prep = site_federation(cfg)
+    else:
+        fd = build_data(cfg.data, cfg.seed)
     model = build_model(cfg.model, fd)
-    task = classification() if fd.num_classes is not None else regression()
-    opt = _client_optimizer(cfg.client)
-    c = cfg.client
-    clients = {
-        cid: TorchClient(
-            model,
-            cd.train,
-            task,
-            test=cd.test,
-            optimizer=opt,
-            epochs=c.epochs,
-            steps=c.steps,
-            batch_size=c.batch_size,
-            prox_mu=c.prox_mu,
-        )
-        for cid, cd in fd.clients.items()
-    }
+    task = task_for(fd.num_classes)
+    clients = {cid: torch_client(cfg.client, model, cd, task) for cid, cd in fd.clients.items()}
     backend = make_backend(cfg.backend)
     server = build_server(cfg, fd, model, task, clients)
-    return Simulation(cfg, fd, model, task, clients, server, backend)
+    return Simulation(cfg, fd, model, task, clients, server, backend, prep)
 
 
 def build_server(
@@ -192,10 +246,15 @@ def build_server(
         seed=cfg.seed,
     )
     sampler.check(len(clients))
-    with_eval = [cid for cid, cd in fd.clients.items() if cd.test is not None]
+    if cfg.site_data:  # each site holds out data.eval_fraction of its rows
+        every_site_evaluates = getattr(cfg.data, "eval_fraction", 0) > 0
+    else:
+        every_site_evaluates = all(cd.test is not None for cd in fd.clients.values())
     fed = None
+    if s.federated_eval_clients is None and cfg.site_data and every_site_evaluates:
+        fed = Sampler(per_round=len(clients), seed=cfg.seed + 1)  # no server-held test set
     if s.federated_eval_clients is not None:
-        if len(with_eval) < len(clients):
+        if not every_site_evaluates:
             raise C.ConfigError(
                 "server.federated_eval_clients: clients have no evaluation split; "
                 "set data.eval_fraction > 0"

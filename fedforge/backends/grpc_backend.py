@@ -24,6 +24,7 @@ described to a participant is refused when the backend starts, before round 1.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,6 +37,7 @@ from fedforge.client.types import (
     FitResult,
     MaskedUpload,
     RoundInfo,
+    Scalar,
 )
 from fedforge.params import ClientId, Params
 from fedforge.participant import Participants, Plan
@@ -65,11 +67,18 @@ class RoundTraffic:
 class GrpcBackend:
     name = "grpc"
 
-    def __init__(self, registry: Registry, round_timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        round_timeout: float = 600.0,
+        options: Mapping[str, Scalar] | None = None,
+    ) -> None:
         if round_timeout <= 0:
             raise ValueError(f"round_timeout must be > 0, got {round_timeout}")
         self.registry = registry
         self.round_timeout = round_timeout
+        # sent with every task: a site federation's description (``fedforge.site``)
+        self.options: dict[str, Scalar] = dict(options or {})
         self.traffic: list[RoundTraffic] = []
         self._uplink: str | None = None  # the plan's spec fit tasks carry (None: raw updates)
 
@@ -106,6 +115,8 @@ class GrpcBackend:
         remote = secure.round_for(rnd) if secure is not None else None
         entries: list[Task | tuple[ClientId, ClientFailure]] = []
         for cid, info in jobs:
+            if self.options:
+                info = dataclasses.replace(info, options={**info.options, **self.options})
             if secure is None:
                 uplink = self._uplink_for(info) if kind == "fit" else None
                 entries.append(self.registry.submit(cid, kind, info, payload, uplink=uplink))
@@ -180,6 +191,14 @@ class GrpcBackend:
         self, jobs: Sequence[Job], params: Params
     ) -> Iterator[tuple[ClientId, EvalResult | ClientFailure]]:
         return self._run("evaluate", jobs, params)  # type: ignore[return-value]
+
+    def prepare(
+        self, ids: Sequence[ClientId], seed: int
+    ) -> dict[ClientId, EvalResult | ClientFailure]:
+        """Ask each site for its preprocessing statistics (``SiteClient.prepare``), before
+        round 1; the answers carry them as metrics, or the site's reason to refuse."""
+        jobs = [(cid, RoundInfo(0, seed)) for cid in ids]
+        return dict(self._run("prepare", jobs, {}))  # type: ignore[arg-type]
 
     def close(self) -> None:
         """Training is over (or stopped): participants are told and disconnect."""

@@ -82,3 +82,12 @@ class Client(Protocol):
     def fit(self, params: Params, info: RoundInfo) -> FitResult: ...
 
     def evaluate(self, params: Params, info: RoundInfo) -> EvalResult: ...
+
+
+@runtime_checkable
+class SiteClient(Client, Protocol):
+    """A participant that brings its own data (``fedforge client --site``): before round 1
+    it reports the statistics the federation's preprocessing needs (``prepare``: sums and
+    counts over its training rows, never a row), as an ``EvalResult``'s metrics."""
+
+    def prepare(self, info: RoundInfo) -> EvalResult: ...

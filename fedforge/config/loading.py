@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from fedforge import components
 from fedforge.components import ConfigError, one_of
 from fedforge.config.schema import ExperimentConfig, refresh
 
@@ -153,9 +154,26 @@ def _fill_tags(model: type[BaseModel], node: dict[str, Any]) -> None:
         _fill_tags(chosen, value)
 
 
+def _no_site_paths(doc: dict[str, Any]) -> None:
+    """A federation config whose site-kind ``[data]`` names a file: say where files go."""
+    data = doc.get("data")
+    if not isinstance(data, dict):
+        return
+    kind = str(data.get("dataset"))
+    decl = components.get("dataset", kind) if kind in components.kinds("dataset") else None
+    named = [k for k in ("path", "paths", "file", "files") if k in data]
+    if decl is not None and getattr(decl, "site_data", False) and named:
+        raise ConfigError(
+            f"data.{named[0]}: a federation config names no site's data; each site gives its "
+            "own file in its site config ([data] path = ...), and a simulation lists the site "
+            "configs in [federation] sites"
+        )
+
+
 def validate(doc: dict[str, Any]) -> ExperimentConfig:
     refresh()  # kinds registered since the schema was built
     doc = json.loads(json.dumps(doc))
+    _no_site_paths(doc)
     _fill_tags(ExperimentConfig, doc)
     try:
         return ExperimentConfig.model_validate(doc)
@@ -166,6 +184,12 @@ def validate(doc: dict[str, Any]) -> ExperimentConfig:
 def load(path: str | Path | None, overrides: Iterable[str] = ()) -> ExperimentConfig:
     """Read ``path`` (or the built-in defaults when None), apply overrides, validate."""
     doc = read_document(path) if path is not None else {}
+    fed = doc.get("federation")
+    if path is not None and isinstance(fed, dict) and isinstance(fed.get("sites"), list):
+        base = Path(path).parent  # site configs are named relative to the federation config
+        fed["sites"] = [
+            str((base / s).resolve()) if isinstance(s, str) else s for s in fed["sites"]
+        ]
     return validate(apply_overrides(doc, overrides))
 
 

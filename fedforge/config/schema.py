@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 import fedforge.aggregate
 import fedforge.algorithms
 import fedforge.data.sources
+import fedforge.data.table
 import fedforge.models
 import fedforge.optim
 import fedforge.transforms  # noqa: F401
@@ -197,6 +198,28 @@ class SecAggSection(_Strict):
         return self
 
 
+class FederationSection(_Strict):
+    """Who takes part when sites bring their own data (``[data]`` of a site kind such as
+    ``table``): ``sites`` are site config files (``fedforge.config.site``; relative to this
+    config), each participant reading only its own file, for ``fedforge simulate``;
+    ``participants`` are the ids a deployed ``fedforge server`` lets join (default: the ids
+    of ``sites``; each needs a certificate from ``fedforge certs --ids``)."""
+
+    sites: list[str] = []
+    participants: list[str] = []
+
+    @field_validator("participants")
+    @classmethod
+    def _ids(cls, v: list[str]) -> list[str]:
+        from fedforge.config.site import check_id
+
+        for cid in v:
+            check_id(cid)
+        if len(set(v)) != len(v):
+            raise ValueError("federation.participants lists an id twice")
+        return v
+
+
 class RunConfig(_Strict):
     dir: str = "runs"
     checkpoint_every: int = Field(1, ge=1)
@@ -215,6 +238,28 @@ class ExperimentConfig(_Strict):
     compression: CompressionConfig = CompressionConfig()
     privacy: PrivacyConfig | None = None  # None: no differential privacy
     secagg: SecAggSection | None = None  # None: the server sees each update
+    federation: FederationSection = FederationSection()
+
+    @property
+    def site_data(self) -> bool:
+        """Whether each site brings its own rows (``[data]`` of a site kind)."""
+        return bool(getattr(self.data, "site_data", False))
+
+    @model_validator(mode="after")
+    def _sites_fit_data(self) -> ExperimentConfig:
+        f = self.federation
+        if self.site_data and not (f.sites or f.participants):
+            raise ValueError(
+                f"data.dataset = {getattr(self.data, 'dataset', '')!r}: each site brings its own "
+                "file; list the site configs in [federation] sites (fedforge simulate) or the "
+                "participant ids in [federation] participants (fedforge server)"
+            )
+        if not self.site_data and (f.sites or f.participants):
+            raise ValueError(
+                "[federation] sites/participants apply to a [data] section that sites bring "
+                "(dataset = 'table' or 'text'); a built-in dataset is split by its partition"
+            )
+        return self
 
     @model_validator(mode="after")
     def _algorithm_composes(self) -> ExperimentConfig:
@@ -282,6 +327,7 @@ __all__ = [
     "PrivacyConfig",
     "SecAggSection",
     "RunConfig",
+    "FederationSection",
     "ExperimentConfig",
     "refresh",
 ]

@@ -25,7 +25,15 @@ from typing import NoReturn
 import grpc
 from safetensors.torch import load_file, save_file
 
-from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo, Scalar, describe
+from fedforge.client.types import (
+    Client,
+    EvalResult,
+    FitResult,
+    RoundInfo,
+    Scalar,
+    SiteClient,
+    describe,
+)
 from fedforge.params import ClientId
 from fedforge.participant import Plan, Stack
 from fedforge.seeding import derive_seed
@@ -323,7 +331,7 @@ class _Participant:
             round_seed=int(h.uplink.round_seed),
         )
         try:
-            if h.kind not in ("fit", "evaluate", "secagg"):
+            if h.kind not in ("fit", "evaluate", "secagg", "prepare"):
                 raise WireError(f"unknown task kind {h.kind!r}")
             layout = parse_specs(h.tensors, h.payload_bytes, self.max_message_bytes)
             params = read_payload(it, layout, chunk)
@@ -356,6 +364,10 @@ class _Participant:
                 result: FitResult | EvalResult
                 if h.kind == "evaluate":
                     result = self.client.evaluate(params, info)
+                elif h.kind == "prepare":  # a site's statistics for federated preprocessing
+                    if not isinstance(self.client, SiteClient):
+                        raise ValueError("this participant brings no site data to prepare")
+                    result = self.client.prepare(info)
                 elif masked:  # secure aggregation encodes (clip, quantize, mask) below
                     result = self.client.fit(params, info)
                 else:  # the whole stack, here: the server only ever sees what it encodes

@@ -34,7 +34,7 @@ from fedforge.transport.proto import fedforge_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["fit", "evaluate", "secagg"]
+Kind = Literal["fit", "evaluate", "secagg", "prepare"]
 
 
 @dataclass(frozen=True)

@@ -306,9 +306,9 @@ class FederationService(pb_grpc.FederationServicer):
         if h.HasField("secagg"):
             raise WireError("only a secure aggregation task's answer carries a secagg reply")
         metrics = dict(h.metrics)
-        if task.kind == "evaluate":
+        if task.kind in ("evaluate", "prepare"):
             if h.tensors or h.payload_bytes:
-                raise WireError("an evaluation result carries no tensors")
+                raise WireError(f"a {task.kind} result carries no tensors")
             _expect_trailer(rest)
             return EvalResult(float(h.loss), int(h.num_examples), metrics)
         layout = parse_specs(h.tensors, h.payload_bytes, self.limits.max_message_bytes)
