@@ -21,7 +21,15 @@ from fedforge import data as D
 from fedforge.aggregate import Aggregator, NormBound
 from fedforge.algorithms import Algorithm
 from fedforge.backends import Backend, Processes, Sequential
-from fedforge.client import TorchClient, adam, central_evaluator, classification, regression, sgd
+from fedforge.client import (
+    Client,
+    TorchClient,
+    adam,
+    central_evaluator,
+    classification,
+    regression,
+    sgd,
+)
 from fedforge.client.tasks import Task
 from fedforge.components import Declaration
 from fedforge.optim import ServerOptimizerSpec
@@ -230,7 +238,7 @@ def build_server(
     fd: D.FederatedData,
     model: nn.Module,
     task: Task,
-    clients: Mapping[ClientId, TorchClient],
+    clients: Mapping[ClientId, Client],
     *,
     population: Collection[ClientId] | None = None,
     secagg_channel: Channel | None = None,

@@ -32,8 +32,8 @@ def _common_config(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _security(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group(required=True)
+def _security(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_mutually_exclusive_group(required=required)
     g.add_argument(
         "--certs", metavar="DIR", help="certificates made by `fedforge certs` (mutual TLS)"
     )
@@ -99,9 +99,19 @@ def add_parsers(sub: Any) -> None:
     cli = sub.add_parser(
         "client",
         help="run one or more participants that connect to a federation server",
-        description="Serve participant(s) of CONFIG to the server at HOST:PORT until training ends.",
+        description=(
+            "Serve a participant to the server at HOST:PORT until training ends: a site that "
+            "brings its own data (--site SITE.toml), or participant(s) of a built-in dataset "
+            "split by the same config the server uses (--config CONFIG --id N)."
+        ),
     )
     cli.add_argument("--server", required=True, metavar="HOST:PORT")
+    cli.add_argument(
+        "--site",
+        metavar="SITE.toml",
+        help="this site's config: its id, its own data file, its certificates; the "
+        "federation's model and training come from the server",
+    )
     cli.add_argument(
         "--config",
         help="the same experiment file the server uses (required, unless the same --set "
@@ -112,7 +122,6 @@ def add_parsers(sub: Any) -> None:
         "--id",
         dest="ids",
         action="append",
-        required=True,
         metavar="N",
         help="participant index (0-based, in client-id order) or client id; "
         "ranges and lists allowed: --id 0-4, --id 2,5 (repeatable)",
@@ -124,7 +133,7 @@ def add_parsers(sub: Any) -> None:
         help="keep each participant's own state (error-feedback residual, SCAFFOLD control "
         "variate) in DIR/ID.safetensors, so it survives a restart of this process",
     )
-    _security(cli)
+    _security(cli, required=False)
     cli.add_argument(
         "--max-attempts",
         type=int,
@@ -188,6 +197,8 @@ def run_server(args: argparse.Namespace) -> int:
     from fedforge.transport.service import Limits, TransportServer
 
     cfg = _load_config(args.config, args.overrides, args.resume)
+    if cfg.site_data:
+        return run_site_server(args, cfg)
     sim = build(cfg)
     members = sorted(sim.clients)
     registry = Registry(members)
@@ -284,6 +295,160 @@ def run_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def participant_ids(cfg: Any) -> list[str]:
+    """Who may join a federation whose sites bring their data: ``[federation]
+    participants``, else the ids of its site configs (read for the id only, never the data)."""
+    if cfg.federation.participants:
+        return list(cfg.federation.participants)
+    from fedforge.config.site import load_site
+
+    return [load_site(p).id for p in cfg.federation.sites]
+
+
+def run_site_server(args: argparse.Namespace, cfg: Any) -> int:
+    """``fedforge server`` for sites that bring their own data: wait for them, compute the
+    federation's preprocessing from their sums, build the model it shapes, then train.
+    The server opens no data file; a site whose file does not fit is named, and nothing
+    is left behind."""
+    import json
+
+    from fedforge import data as D
+    from fedforge.backends.grpc_backend import GrpcBackend
+    from fedforge.client.types import ClientFailure
+    from fedforge.data.site_data import SiteDataError, merge_stats
+    from fedforge.experiment import build_model, build_server, federation_doc, new_run_dir, task_for
+    from fedforge.server import RunDir
+    from fedforge.transport import status
+    from fedforge.transport.quorum import Quorum
+    from fedforge.transport.registry import Registry
+    from fedforge.transport.security import INSECURE_WARNING, ServerTLS
+    from fedforge.transport.service import Limits, TransportServer
+
+    members = participant_ids(cfg)
+    registry = Registry(members)
+    channel = None
+    if cfg.secagg is not None:
+        from fedforge.transport.secagg import GrpcSecAgg
+
+        channel = GrpcSecAgg(registry, cfg.secagg.stage_timeout)
+    if args.insecure:
+        print(INSECURE_WARNING, file=sys.stderr)
+    limits = Limits(int(args.chunk_mib * 2**20), int(args.max_message_mib * 2**20))
+    port = args.port
+    if port is None and args.resume:
+        try:
+            port = int(status.read(args.resume)["address"].rsplit(":", 1)[1])
+        except (FileNotFoundError, KeyError, ValueError):
+            port = 0
+    transport = TransportServer(
+        registry,
+        host=args.host,
+        port=port or 0,
+        tls=None if args.insecure else ServerTLS.from_dir(args.certs),
+        insecure=args.insecure,
+        limits=limits,
+    ).start()
+    if args.port_file:
+        Path(args.port_file).write_text(f"{transport.port}\n")
+    print(f"fedforge server listening on {transport.address}", file=sys.stderr, flush=True)
+    need = args.min_participants or len(members)
+    backend = GrpcBackend(registry, args.round_timeout)
+    ended: str | None = None
+    run_dir: RunDir | None = None
+    server = None
+    live = None
+    try:
+        n = registry.wait_for(need, args.join_timeout)
+        if n < need:
+            raise _CannotStart(f"only {n} of {need} participants joined in {args.join_timeout:g} s")
+        sites = sorted(registry)
+        backend.options["federation"] = federation_doc(cfg, None)  # the schema, no statistics
+        answers = backend.prepare(sites, cfg.seed)
+        refused = {c: a.reason for c, a in answers.items() if isinstance(a, ClientFailure)}
+        if refused:
+            raise _CannotStart(
+                "; ".join(f"site {c} refused: {why}" for c, why in sorted(refused.items()))
+            )
+        try:
+            stats = {c: dict(a.metrics) for c, a in answers.items()}  # type: ignore[union-attr]
+            prep = cfg.data.preprocessing(merge_stats(stats))
+        except SiteDataError as exc:
+            raise _CannotStart(str(exc)) from None
+        shape, classes = cfg.data.shape(prep)
+        fd = D.FederatedData({}, None, classes, shape)
+        import torch
+
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, fd)
+        server = build_server(
+            cfg, fd, model, task_for(classes), registry, population=registry, secagg_channel=channel
+        )
+        backend.options["federation"] = federation_doc(cfg, prep)
+        if args.resume:
+            run_dir = RunDir(args.resume)
+            run_dir.write_config(_dump_config(cfg))
+            if server.resume_from(run_dir):
+                print(f"resumed at round {server.round}", file=sys.stderr)
+        else:
+            run_dir = new_run_dir(cfg)
+        (run_dir.path / "preprocessing.json").write_text(json.dumps(prep, indent=1))
+        print(f"run directory: {run_dir.path}", file=sys.stderr, flush=True)
+        print(
+            f"preprocessing from {len(sites)} sites' sums: {prep['rows']} training rows, "
+            f"input {shape}, {classes or 'regression'} classes",
+            file=sys.stderr,
+        )
+        live = status.StatusFile(
+            run_dir.path, registry, transport.address, cfg.server.rounds
+        ).start()
+        quorum = Quorum(registry, need, args.join_timeout)
+        server.plugins.extend([quorum, live])
+        history = server.run(
+            registry,
+            cfg.server.rounds,
+            backend=backend,
+            run_dir=run_dir,
+            checkpoint_every=cfg.run.checkpoint_every,
+            keep_checkpoints=cfg.run.keep_checkpoints,
+            progress=not args.no_progress,
+        )
+    except _CannotStart as exc:
+        ended = f"cannot start: {exc}"
+        registry.finish(ended)
+    except KeyboardInterrupt:
+        ended = "interrupted"
+    finally:
+        if live is not None:
+            live.stop("stopped" if (server and server.stopped) or ended else "finished")
+        transport.stop()
+    if ended is not None:
+        if run_dir is None or _drop_if_unused(run_dir.path, fresh=not args.resume):
+            print(f"fedforge server: {ended} (before any round; nothing kept)", file=sys.stderr)
+        else:
+            print(
+                f"fedforge server: {ended}; continue with fedforge server --resume "
+                f"{run_dir.path} (and the same --certs / --insecure)",
+                file=sys.stderr,
+            )
+        return 130 if ended == "interrupted" else 1
+    summary_table(history, f"{cfg.name}: {len(history)} rounds")
+    assert server is not None
+    if server.stopped:
+        print(f"stopped early: {server.stopped}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _CannotStart(Exception):
+    pass
+
+
+def _dump_config(cfg: Any) -> str:
+    from fedforge import config as C
+
+    return C.dump(cfg)
+
+
 def _drop_if_unused(path: Path, fresh: bool) -> bool:
     """Remove a run directory this server made if no round ever ran in it (it holds only
     its config and status file); True if removed."""
@@ -352,6 +517,17 @@ def run_client(args: argparse.Namespace) -> int:
     from fedforge.transport.security import INSECURE_WARNING, ClientTLS
 
     address = server_address(args.server)
+    if args.site:
+        if args.config or args.ids or args.overrides:
+            raise ValueError(
+                "--site builds this one site from its site config; --config, --id and --set "
+                "belong to participants of a built-in dataset"
+            )
+        return run_site_client(args, address)
+    if not args.ids:
+        raise ValueError("give --site SITE.toml, or --config CONFIG with --id N")
+    if not (args.certs or args.insecure):
+        raise ValueError("give --certs DIR (mutual TLS) or --insecure")
     if not args.config and not args.overrides:
         raise ValueError(
             "give --config, the experiment file the server uses (or its --set overrides): "
@@ -388,6 +564,83 @@ def run_client(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_site_client(args: argparse.Namespace, address: str) -> int:
+    """``fedforge client --site``: one participant, built from its site config alone."""
+    from fedforge.config.site import load_site
+    from fedforge.site import Site
+    from fedforge.transport.participant import Backoff, serve_all
+    from fedforge.transport.security import INSECURE_WARNING, ClientTLS
+
+    if args.max_attempts is not None and args.max_attempts < 0:
+        raise ValueError(f"--max-attempts must be >= 0, got {args.max_attempts}")
+    site_cfg = load_site(args.site)
+    site = Site(site_cfg)
+    if not Path(site_cfg.data.path).exists():
+        raise FileNotFoundError(
+            f"{args.site}: data.path {site_cfg.data.path} does not exist (paths are relative "
+            "to the site config)"
+        )
+    certs = args.certs or site_cfg.tls.certs
+    insecure = args.insecure or (site_cfg.tls.insecure and not args.certs)
+    if not insecure and not certs:
+        raise ValueError(
+            f"{args.site}: no certificates: set [tls] certs = DIR (from `fedforge certs`) in the "
+            "site config or pass --certs DIR; --insecure only on one trusted machine"
+        )
+    if site_cfg.resources.threads:
+        import torch
+
+        torch.set_num_threads(site_cfg.resources.threads)
+    tls = None
+    if insecure:
+        print(INSECURE_WARNING, file=sys.stderr)
+    else:
+        assert certs is not None
+        check_certs(certs, [site.id])
+        tls = ClientTLS.from_dir(certs, site.id)
+        check_identity(certs, site.id)
+        from fedforge.transport.probe import check_tls
+
+        check_tls(address, tls)
+    try:
+        _, errors = serve_all(
+            {site.id: site},
+            address,
+            tls=lambda cid: tls,
+            insecure=insecure,
+            backoff=Backoff(attempts=args.max_attempts or None),
+            seed=0,
+            state_dir=args.state_dir,
+        )
+    except KeyboardInterrupt:
+        return 130
+    for cid, why in errors.items():
+        print(f"fedforge client: {cid}: {why}", file=sys.stderr)
+    if site.refused:
+        print(
+            f"fedforge client: {site.id}: the federation refused this site's data: {site.refused}",
+            file=sys.stderr,
+        )
+        return 3
+    return 3 if errors else 0
+
+
+def check_identity(folder: str, cid: str) -> None:
+    """The site's certificate names the site: a site config that claims another site's id
+    is refused here, before it connects (the server would refuse it too)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    pem = (Path(folder) / "participants" / f"{cid}.pem").read_bytes()
+    cert = x509.load_pem_x509_certificate(pem)
+    names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if cid not in names:
+        raise ValueError(
+            f"site id {cid!r} does not match its certificate ({Path(folder) / 'participants' / (cid + '.pem')} "
+            f"names {names}); a site joins only under the identity its certificate proves"
+        )
+
+
 def run_certs(args: argparse.Namespace) -> int:
     from fedforge.transport import certs
 
@@ -397,7 +650,10 @@ def run_certs(args: argparse.Namespace) -> int:
         from fedforge.experiment import build_data
 
         cfg = _load_config(args.config, [])
-        ids = sorted(build_data(cfg.data, cfg.seed).clients)
+        if cfg.site_data:  # the federation's ids; no site's data is read
+            ids = participant_ids(cfg)
+        else:
+            ids = sorted(build_data(cfg.data, cfg.seed).clients)
     elif args.participants is not None:
         ids = [f"client{i:04d}" for i in range(args.participants)]
     elif args.ids:
