@@ -35,7 +35,7 @@ from fedforge.data.site_data import (
     unkey,
 )
 
-__all__ = ["MISSING", "TableData"]
+__all__ = ["MISSING", "TableData", "TextData"]
 
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
 _MISSING_CATEGORY = "<missing>"
@@ -263,6 +263,81 @@ class TableData(SiteData):
         if not tr:
             raise SiteDataError(f"site {site}: no training rows left after data.missing = 'drop'")
         te = self._kept(table, held)
+        return ClientData(
+            self.encode(table, tr, prep), self.encode(table, te, prep) if te else None
+        )
+
+
+@register("dataset", "text")
+class TextData(SiteData):
+    """``dataset = "text"``: short texts with a class label (tweets, messages, tickets),
+    each site's own JSONL or CSV. Words and word pairs are hashed into ``features``
+    buckets (scikit-learn's ``HashingVectorizer``): no vocabulary is built, so nothing
+    about a site's words leaves it; only the label set is the federation's."""
+
+    dataset: Literal["text"] = "text"
+    text: str = "text"
+    label: str = "label"
+    features: int = Field(4096, ge=16, le=2**20)
+    ngrams: int = Field(2, ge=1, le=3)
+    eval_fraction: float = Field(0.2, ge=0, lt=1)
+
+    def _rows(self, table: Table, rows: np.ndarray) -> list[int]:
+        t, y = table.index(self.text), table.index(self.label)
+        kept = []
+        for i in rows.tolist():
+            if _is_missing(table.rows[i][y]) or _is_missing(table.rows[i][t]):
+                continue  # an unlabelled or empty message teaches nothing
+            kept.append(i)
+        return kept
+
+    def local_stats(self, table: Table, seed: int, site: str) -> Stats:
+        train, _ = split_rows(len(table), self.eval_fraction, seed, site)
+        rows = self._rows(table, train)
+        if not rows:
+            raise SiteDataError(f"site {site}: no labelled text among its training rows")
+        out: Stats = {key("n"): float(len(rows))}
+        y = table.index(self.label)
+        for i in rows:
+            v = _text(table.rows[i][y])
+            out[key("label", v)] = out.get(key("label", v), 0.0) + 1.0
+        return out
+
+    def preprocessing(self, stats: Stats) -> dict[str, Any]:
+        labels = [unkey(k)[1] for k in stats if unkey(k)[0] == "label"]
+        if len(labels) < 2:
+            raise SiteDataError(f"data.label {self.label!r}: the sites hold {len(labels)} label(s)")
+        return {"labels": sorted_values(labels), "rows": int(stats.get(key("n"), 0))}
+
+    def shape(self, prep: Mapping[str, Any]) -> tuple[tuple[int, ...], int | None]:
+        return (self.features,), len(prep["labels"])
+
+    def encode(self, table: Table, rows: list[int], prep: Mapping[str, Any]) -> TensorDataset:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        hv = HashingVectorizer(
+            n_features=self.features, ngram_range=(1, self.ngrams), alternate_sign=False
+        )
+        t, y = table.index(self.text), table.index(self.label)
+        x = hv.transform([str(table.rows[i][t]) for i in rows]).toarray().astype(np.float32)
+        pos = {v: n for n, v in enumerate(prep["labels"])}
+        labels = []
+        for i in rows:
+            v = _text(table.rows[i][y])
+            if v not in pos:
+                raise SiteDataError(
+                    f"{table.where(i)}: label {v!r} is not among the federation's {prep['labels']}"
+                )
+            labels.append(pos[v])
+        return TensorDataset(torch.from_numpy(x), torch.tensor(labels, dtype=torch.long))
+
+    def client_data(
+        self, table: Table, prep: Mapping[str, Any], seed: int, site: str
+    ) -> ClientData:
+        train, held = split_rows(len(table), self.eval_fraction, seed, site)
+        tr, te = self._rows(table, train), self._rows(table, held)
+        if not tr:
+            raise SiteDataError(f"site {site}: no labelled text among its training rows")
         return ClientData(
             self.encode(table, tr, prep), self.encode(table, te, prep) if te else None
         )
