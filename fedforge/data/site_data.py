@@ -56,7 +56,7 @@ def merge_stats(per_site: Mapping[str, Mapping[str, float]]) -> Stats:
     columns differ from the others' is refused here, by name."""
     total: Stats = {}
     columns: dict[str, frozenset[str]] = {}
-    for site, stats in per_site.items():
+    for site, stats in sorted(per_site.items()):  # one order wherever it runs
         columns[site] = frozenset(unkey(k)[1] for k in stats if unkey(k)[0] in ("num", "cat"))
         for k, v in stats.items():
             total[k] = total.get(k, 0.0) + float(v)

@@ -171,7 +171,7 @@ class TableData(SiteData):
                 categories.setdefault(parts[1], []).append(parts[2])
             elif parts[0] == "label":
                 labels.append(parts[1])
-        columns = self.features or sorted([*numeric, *categories])
+        columns = self.features or [*numeric, *categories]  # the files' order
         order = [c for c in columns if c in numeric]
         mean, std = [], []
         for c in order:
