@@ -145,11 +145,24 @@ def make_backend(b: C.BackendConfig) -> Backend:
     return Sequential(threads=b.threads)
 
 
+def evaluation_task(e: C.EvaluationConfig, fd: D.FederatedData) -> Task:
+    """The task ``fd`` asks for (a classification when it has classes), reporting the
+    ``[evaluation]`` section's metrics (None: the task's own)."""
+    if fd.num_classes is None and e.confusion_matrix:
+        raise C.ConfigError("evaluation.confusion_matrix: the dataset is a regression")
+    make = classification if fd.num_classes is not None else regression
+    names = list(e.metrics if e.metrics is not None else make().metrics.names)
+    try:
+        return make([*names, "confusion_matrix"] if e.confusion_matrix else names)
+    except ValueError as exc:  # a classification metric for a regression
+        raise C.ConfigError(f"evaluation.metrics: {exc}") from None
+
+
 def build(cfg: C.ExperimentConfig) -> Simulation:
     torch.manual_seed(cfg.seed)  # model initialisation only; training randomness is derived
     fd = build_data(cfg.data, cfg.seed)
     model = build_model(cfg.model, fd)
-    task = classification() if fd.num_classes is not None else regression()
+    task = evaluation_task(cfg.evaluation, fd)
     opt = _client_optimizer(cfg.client)
     c = cfg.client
     clients = {

@@ -21,6 +21,8 @@ import fedforge.models
 import fedforge.optim
 import fedforge.transforms  # noqa: F401
 from fedforge import components
+from fedforge.client.metrics import METRICS
+from fedforge.client.metrics import names as metric_names
 from fedforge.components import Declaration, OneOf
 
 
@@ -197,6 +199,38 @@ class SecAggSection(_Strict):
         return self
 
 
+class EvaluationConfig(_Strict):
+    """``[evaluation]``: the metrics every evaluation, central and federated, reports
+    (``fedforge.client.metrics``; None: the task's own, accuracy or for a regression mse),
+    and ``confusion_matrix``: report the confusion matrix too and keep the latest in the
+    run directory (``confusion_matrix.json`` and ``.png``)."""
+
+    metrics: list[str] | None = Field(None, min_length=1)
+    confusion_matrix: bool = False
+
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        allowed = [n for n in METRICS if n != "confusion_matrix"]
+        for name in v:
+            if name == "confusion_matrix":
+                raise ValueError(
+                    "'confusion_matrix' is a table, not a value: set evaluation.confusion_matrix = true"
+                )
+            if name not in allowed:
+                raise ValueError(f"unknown metric {name!r}; allowed: {', '.join(allowed)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"a metric is named twice: {v}")
+        if len({METRICS[n].kind for n in v}) > 1:
+            raise ValueError(
+                f"{v} mixes classification and regression metrics (a regression's: "
+                f"{', '.join(metric_names('regression'))})"
+            )
+        return v
+
+
 class RunConfig(_Strict):
     dir: str = "runs"
     checkpoint_every: int = Field(1, ge=1)
@@ -215,6 +249,7 @@ class ExperimentConfig(_Strict):
     compression: CompressionConfig = CompressionConfig()
     privacy: PrivacyConfig | None = None  # None: no differential privacy
     secagg: SecAggSection | None = None  # None: the server sees each update
+    evaluation: EvaluationConfig = EvaluationConfig()
 
     @model_validator(mode="after")
     def _algorithm_composes(self) -> ExperimentConfig:
@@ -281,6 +316,7 @@ __all__ = [
     "AdaptiveClipConfig",
     "PrivacyConfig",
     "SecAggSection",
+    "EvaluationConfig",
     "RunConfig",
     "ExperimentConfig",
     "refresh",
