@@ -90,14 +90,11 @@ def federation_doc(cfg: C.ExperimentConfig, prep: Mapping[str, Any] | None) -> s
             "data": cfg.data.model_dump(mode="json"),
             "model": cfg.model.model_dump(mode="json"),
             "client": cfg.client.model_dump(mode="json"),
+            "evaluation": cfg.evaluation.model_dump(mode="json"),
             "preprocessing": prep,
         },
         sort_keys=True,
     )
-
-
-def task_for(num_classes: int | None) -> Task:
-    return classification() if num_classes is not None else regression()
 
 
 def torch_client(c: C.ClientConfig, model: nn.Module, cd: D.ClientData, task: Task) -> TorchClient:
@@ -218,6 +215,19 @@ def make_backend(b: C.BackendConfig) -> Backend:
     return Sequential(threads=b.threads)
 
 
+def evaluation_task(e: C.EvaluationConfig, num_classes: int | None) -> Task:
+    """The task of data with ``num_classes`` (None: a regression), reporting the
+    ``[evaluation]`` section's metrics (None: the task's own)."""
+    if num_classes is None and e.confusion_matrix:
+        raise C.ConfigError("evaluation.confusion_matrix: the dataset is a regression")
+    make = classification if num_classes is not None else regression
+    names = list(e.metrics if e.metrics is not None else make().metrics.names)
+    try:
+        return make([*names, "confusion_matrix"] if e.confusion_matrix else names)
+    except ValueError as exc:  # a classification metric for a regression
+        raise C.ConfigError(f"evaluation.metrics: {exc}") from None
+
+
 def build(cfg: C.ExperimentConfig) -> Simulation:
     torch.manual_seed(cfg.seed)  # model initialisation only; training randomness is derived
     prep = None
@@ -226,7 +236,7 @@ def build(cfg: C.ExperimentConfig) -> Simulation:
     else:
         fd = build_data(cfg.data, cfg.seed)
     model = build_model(cfg.model, fd)
-    task = task_for(fd.num_classes)
+    task = evaluation_task(cfg.evaluation, fd.num_classes)
     clients = {cid: torch_client(cfg.client, model, cd, task) for cid, cd in fd.clients.items()}
     backend = make_backend(cfg.backend)
     server = build_server(cfg, fd, model, task, clients)

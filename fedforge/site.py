@@ -23,7 +23,7 @@ import torch
 from fedforge import components
 from fedforge.client import TorchClient
 from fedforge.client.types import EvalResult, FitResult, RoundInfo
-from fedforge.config.schema import ClientConfig
+from fedforge.config.schema import ClientConfig, EvaluationConfig
 from fedforge.config.site import SiteConfig
 from fedforge.data.files import Table
 from fedforge.data.site_data import SiteData, SiteDataError, key
@@ -76,7 +76,7 @@ class Site:
         with self._lock:
             if self._built is not None and self._built[0] == text:
                 return self._built[1]
-            from fedforge.experiment import task_for, torch_client
+            from fedforge.experiment import evaluation_task, torch_client
 
             prep = doc.get("preprocessing")
             if prep is None:
@@ -88,7 +88,10 @@ class Site:
             torch.manual_seed(seed)  # the server sends the parameters; this only shapes them
             model = decl.build(shape, classes)
             client = torch_client(
-                ClientConfig.model_validate(doc["client"]), model, cd, task_for(classes)
+                ClientConfig.model_validate(doc["client"]),
+                model,
+                cd,
+                evaluation_task(EvaluationConfig.model_validate(doc["evaluation"]), classes),
             )
             self._built = (text, client)
             return client

@@ -28,7 +28,7 @@ from fedforge.backends.vmap_sgd import (
     _per_example_loss,
     _Scratch,
 )
-from fedforge.client import EvalResult, FitResult, RoundInfo, Task
+from fedforge.client import EvalResult, FitResult, MetricSet, RoundInfo, Task
 from fedforge.data import split_by_partition, synthetic_linear
 from fedforge.models import cnn, logistic_regression, mlp
 from fedforge.params import Params
@@ -39,8 +39,7 @@ SIZES = [1, 5, 8, 13, 21, 30]  # unequal, most not divisible by the batch sizes 
 LOG = "fedforge.backends.vectorized"
 
 
-def _accuracy(out: Tensor, y: Tensor) -> dict[str, float]:
-    return {"accuracy": float((out.argmax(-1) == y).sum())}
+_ACCURACY = MetricSet("classification", ("accuracy",))
 
 
 class _Counting(Vectorized):
@@ -384,7 +383,7 @@ def test_rejects_non_positive_clients_per_batch(bad: int) -> None:
 
 def test_custom_mean_loss_is_vectorized_example_by_example() -> None:
     """A loss fedforge does not know, but a mean over examples: the probe accepts it."""
-    task = Task("smoothed", lambda out, y: F.cross_entropy(out, y, label_smoothing=0.1), _accuracy)
+    task = Task("smoothed", lambda out, y: F.cross_entropy(out, y, label_smoothing=0.1), _ACCURACY)
     build = lambda: _federation(  # noqa: E731
         lambda: logistic_regression(6, 3), (6,), task=task, epochs=2
     )
@@ -392,7 +391,7 @@ def test_custom_mean_loss_is_vectorized_example_by_example() -> None:
 
 
 def test_summed_loss_falls_back(caplog: pytest.LogCaptureFixture) -> None:
-    task = Task("summed", lambda out, y: F.cross_entropy(out, y, reduction="sum"), _accuracy)
+    task = Task("summed", lambda out, y: F.cross_entropy(out, y, reduction="sum"), _ACCURACY)
     build = lambda: _federation(  # noqa: E731
         lambda: logistic_regression(6, 3), (6,), task=task
     )

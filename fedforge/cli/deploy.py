@@ -316,7 +316,13 @@ def run_site_server(args: argparse.Namespace, cfg: Any) -> int:
     from fedforge.backends.grpc_backend import GrpcBackend
     from fedforge.client.types import ClientFailure
     from fedforge.data.site_data import SiteDataError, merge_stats
-    from fedforge.experiment import build_model, build_server, federation_doc, new_run_dir, task_for
+    from fedforge.experiment import (
+        build_model,
+        build_server,
+        evaluation_task,
+        federation_doc,
+        new_run_dir,
+    )
     from fedforge.server import RunDir
     from fedforge.transport import status
     from fedforge.transport.quorum import Quorum
@@ -381,7 +387,13 @@ def run_site_server(args: argparse.Namespace, cfg: Any) -> int:
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, fd)
         server = build_server(
-            cfg, fd, model, task_for(classes), registry, population=registry, secagg_channel=channel
+            cfg,
+            fd,
+            model,
+            evaluation_task(cfg.evaluation, classes),
+            registry,
+            population=registry,
+            secagg_channel=channel,
         )
         backend.options["federation"] = federation_doc(cfg, prep)
         if args.resume:

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from fedforge.server.history import History
 
+# the named metrics (fedforge.client.metrics) -> short headers; shown where a run has them
+_METRICS = {
+    "accuracy": "acc",
+    "precision": "prec",
+    "recall": "rec",
+    "f1": "f1",
+    "roc_auc": "auc",
+    "mse": "mse",
+    "mae": "mae",
+    "r2": "r2",
+}
 _COLUMNS = {  # record key -> short column header
     "round": "round",
     "aggregated": "agg",
     "train_loss": "train loss",
     "central_loss": "test loss",
-    "central_accuracy": "test acc",
-    "central_mse": "test mse",
-    "federated_accuracy": "fed acc",
+    **{f"central_{k}": f"test {v}" for k, v in _METRICS.items()},
+    **{f"federated_{k}": f"fed {v}" for k, v in _METRICS.items()},
     "epsilon": "epsilon",
     "bytes_up": "up",
     "bytes_down": "down",

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from fedforge.client.batches import dataset_len, iterate_batches, iterate_steps
 from fedforge.client.local import LocalPlan, OptimizerFactory, sgd, train
+from fedforge.client.metrics import Pooled
 from fedforge.client.tasks import Task
 from fedforge.client.types import EvalResult, FitResult, RoundInfo
 from fedforge.params import Params, load_into, sub
@@ -29,22 +30,22 @@ from fedforge.params import Params, load_into, sub
 def evaluate_model(
     model: nn.Module, data: Dataset[Any], task: Task, batch_size: int = 512
 ) -> EvalResult:
-    """Mean loss and metrics of ``model`` over ``data`` (eval mode, no gradients)."""
+    """Mean loss and the task's metrics of ``model`` over ``data`` (eval mode, no
+    gradients); the metrics are computed once, over every example's kept outputs."""
     n = dataset_len(data)
     if n == 0:
         raise ValueError("cannot evaluate on an empty dataset")
     was_training = model.training
     model.eval()
     loss_sum = 0.0
-    sums: dict[str, float] = {}
+    kept: list[Pooled] = []
     with torch.no_grad():
         for x, y in iterate_batches(data, batch_size, shuffle=False):
             out = model(x)
             loss_sum += float(task.loss(out, y)) * len(y)
-            for k, v in task.metric_sums(out, y).items():
-                sums[k] = sums.get(k, 0.0) + v
+            kept.append(task.metrics.keep(out, y))
     model.train(was_training)
-    return EvalResult(loss_sum / n, n, {k: v / n for k, v in sums.items()})
+    return EvalResult(loss_sum / n, n, task.metrics.measure(Pooled.cat(kept)))
 
 
 def central_evaluator(

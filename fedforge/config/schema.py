@@ -22,6 +22,8 @@ import fedforge.models
 import fedforge.optim
 import fedforge.transforms  # noqa: F401
 from fedforge import components
+from fedforge.client.metrics import METRICS
+from fedforge.client.metrics import names as metric_names
 from fedforge.components import Declaration, OneOf
 
 
@@ -220,6 +222,38 @@ class FederationSection(_Strict):
         return v
 
 
+class EvaluationConfig(_Strict):
+    """``[evaluation]``: the metrics every evaluation, central and federated, reports
+    (``fedforge.client.metrics``; None: the task's own, accuracy or for a regression mse),
+    and ``confusion_matrix``: report the confusion matrix too and keep the latest in the
+    run directory (``confusion_matrix.json`` and ``.png``)."""
+
+    metrics: list[str] | None = Field(None, min_length=1)
+    confusion_matrix: bool = False
+
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        allowed = [n for n in METRICS if n != "confusion_matrix"]
+        for name in v:
+            if name == "confusion_matrix":
+                raise ValueError(
+                    "'confusion_matrix' is a table, not a value: set evaluation.confusion_matrix = true"
+                )
+            if name not in allowed:
+                raise ValueError(f"unknown metric {name!r}; allowed: {', '.join(allowed)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"a metric is named twice: {v}")
+        if len({METRICS[n].kind for n in v}) > 1:
+            raise ValueError(
+                f"{v} mixes classification and regression metrics (a regression's: "
+                f"{', '.join(metric_names('regression'))})"
+            )
+        return v
+
+
 class RunConfig(_Strict):
     dir: str = "runs"
     checkpoint_every: int = Field(1, ge=1)
@@ -260,6 +294,8 @@ class ExperimentConfig(_Strict):
                 "(dataset = 'table' or 'text'); a built-in dataset is split by its partition"
             )
         return self
+
+    evaluation: EvaluationConfig = EvaluationConfig()
 
     @model_validator(mode="after")
     def _algorithm_composes(self) -> ExperimentConfig:
@@ -326,6 +362,7 @@ __all__ = [
     "AdaptiveClipConfig",
     "PrivacyConfig",
     "SecAggSection",
+    "EvaluationConfig",
     "RunConfig",
     "FederationSection",
     "ExperimentConfig",

@@ -6,6 +6,8 @@ RUN_DIR/
   metrics.csv            the same, as a table
   tensorboard/           TensorBoard event files
   plot.png               loss and accuracy per round
+  confusion_matrix.json  the latest evaluation's confusion matrices, when they are reported
+  confusion_matrix.png   the same, drawn
   checkpoints/round_N/   safetensors + JSON (see checkpoint.py)
 """
 
@@ -52,6 +54,7 @@ class RunDir:
             f.flush()
             os.fsync(f.fileno())
         self._tensorboard(record)
+        self._confusion(record)
 
     def rewrite_metrics(self, history: History) -> None:
         """Make metrics.jsonl hold exactly ``history`` (used when resuming)."""
@@ -72,6 +75,21 @@ class RunDir:
             if numeric and k != "round" and math.isfinite(float(v)):
                 self._tb.add_scalar(k, float(v), record["round"])
         self._tb.flush()
+
+    def _confusion(self, record: Record) -> None:
+        """The round's confusion matrices (``central_`` and/or ``federated_``), if any,
+        as JSON and as a picture: only the latest evaluation's are kept."""
+        found = {
+            where: record[f"{where}_confusion_matrix"]
+            for where in ("central", "federated")
+            if isinstance(record.get(f"{where}_confusion_matrix"), list)
+        }
+        if not found:
+            return
+        tmp = self.path / "confusion_matrix.json.tmp"
+        tmp.write_text(json.dumps({"round": record["round"], **found}) + "\n")
+        os.replace(tmp, self.path / "confusion_matrix.json")  # a reader never sees half
+        _plot_confusion(found, record["round"], self.path / "confusion_matrix.png")
 
     def finish(self, history: History) -> None:
         self.write_csv(history)
@@ -120,3 +138,30 @@ class RunDir:
         fig.savefig(out, dpi=110)
         plt.close(fig)
         return out
+
+
+def _plot_confusion(matrices: dict[str, list[list[int]]], round_: int, out: Path) -> None:
+    """Each confusion matrix (rows: true class, columns: predicted) as a heat map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.6 * len(matrices), 4.0), squeeze=False)
+    for ax, (where, m) in zip(axes[0], matrices.items(), strict=True):
+        image = ax.imshow(m, cmap="Blues")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(f"{where}, round {round_}")
+        if len(m) <= 12:  # counts stay legible up to about a dozen classes
+            ax.set_xticks(range(len(m)))
+            ax.set_yticks(range(len(m)))
+            peak = max(max(row) for row in m) or 1
+            for i, row in enumerate(m):
+                for j, n in enumerate(row):
+                    color = "white" if n > peak / 2 else "black"
+                    ax.text(j, i, str(n), ha="center", va="center", color=color, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

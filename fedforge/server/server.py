@@ -36,6 +36,7 @@ from fedforge.aggregate import (
     min_participants,
 )
 from fedforge.algorithms import Algorithm, Plain, split
+from fedforge.client.metrics import combine, report
 from fedforge.client.types import (
     Client,
     ClientFailure,
@@ -411,25 +412,25 @@ class Server:
         if self.central_eval is not None:
             central = self.central_eval(self.params)
             record["central_loss"] = central.loss
-            for k, v in central.metrics.items():
+            for k, v in report(central.metrics).items():
                 record[f"central_{k}"] = v
         fed = self.eval_plan.federated
         if fed is not None:
             ids = fed.sample(r, list(clients))
             jobs = [(cid, self._info("evaluate", r, cid)) for cid in ids]
             n_total, loss_sum = 0, 0.0
-            sums: dict[str, float] = {}
+            answers: list[tuple[int, Mapping[str, float]]] = []
             for _, res in backend.evaluate(jobs, self.params):
                 if isinstance(res, ClientFailure):
                     continue
                 n_total += res.num_examples
                 loss_sum += res.loss * res.num_examples
-                for k, v in res.metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v * res.num_examples
+                answers.append((res.num_examples, res.metrics))
             if n_total:
                 record["federated_loss"] = loss_sum / n_total
-                for k, v in sums.items():
-                    record[f"federated_{k}"] = v / n_total
+                # summed statistics where the metrics have them (exact), else weighted means
+                for k, v in report(combine(answers)).items():
+                    record[f"federated_{k}"] = v
         self.feedback = {
             k: float(v)
             for k, v in record.items()
