@@ -8,6 +8,7 @@ except the explicitly in-place ``*_`` variants used by streaming aggregation.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -212,3 +213,15 @@ def load_into(module: torch.nn.Module, p: Mapping[str, Tensor]) -> None:
             raise KeyError(f"module has no tensor {k!r}")
         with torch.no_grad():
             sd[k].copy_(v)
+
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_id(cid: str) -> str:
+    if not _ID.match(cid):
+        raise ValueError(
+            f"participant id {cid!r}: use letters, digits, '_', '.' and '-' (at most 128, "
+            "starting with a letter or digit); it names the site's certificate file"
+        )
+    return cid

@@ -213,7 +213,7 @@ class FederationSection(_Strict):
     @field_validator("participants")
     @classmethod
     def _ids(cls, v: list[str]) -> list[str]:
-        from fedforge.config.site import check_id
+        from fedforge.params import check_id
 
         for cid in v:
             check_id(cid)

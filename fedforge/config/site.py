@@ -26,26 +26,15 @@ own folder, so a site folder can be moved as a whole.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedforge.components import ConfigError
+from fedforge.params import check_id
 
 __all__ = ["SiteConfig", "load_site", "check_id"]
-
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-def check_id(cid: str) -> str:
-    if not _ID.match(cid):
-        raise ValueError(
-            f"participant id {cid!r}: use letters, digits, '_', '.' and '-' (at most 128, "
-            "starting with a letter or digit); it names the site's certificate file"
-        )
-    return cid
 
 
 class _Strict(BaseModel):
