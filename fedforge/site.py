@@ -26,7 +26,7 @@ from fedforge.client.types import EvalResult, FitResult, RoundInfo
 from fedforge.config.schema import ClientConfig, EvaluationConfig
 from fedforge.config.site import SiteConfig
 from fedforge.data.files import Table
-from fedforge.data.site_data import SiteData, SiteDataError, key
+from fedforge.data.site_data import SiteData, key
 from fedforge.params import Params
 
 __all__ = ["Site"]
@@ -66,7 +66,7 @@ class Site:
         _, doc, data = self._federation(info)
         try:
             stats = data.local_stats(self._read(data), int(doc["seed"]), self.id)
-        except SiteDataError as exc:
+        except ValueError as exc:  # SiteDataError, DataFileError: the file does not fit
             self.refused = str(exc)
             raise
         return EvalResult(0.0, int(stats[key("n")]), stats)

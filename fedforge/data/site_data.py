@@ -57,7 +57,7 @@ def merge_stats(per_site: Mapping[str, Mapping[str, float]]) -> Stats:
     total: Stats = {}
     columns: dict[str, frozenset[str]] = {}
     for site, stats in sorted(per_site.items()):  # one order wherever it runs
-        columns[site] = frozenset(unkey(k)[1] for k in stats if unkey(k)[0] in ("num", "cat"))
+        columns[site] = frozenset(unkey(k)[1] for k in stats if unkey(k)[0] == "col")
         for k, v in stats.items():
             total[k] = total.get(k, 0.0) + float(v)
     if len(set(columns.values())) > 1:

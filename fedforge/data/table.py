@@ -130,6 +130,10 @@ class TableData(SiteData):
             raise SiteDataError(f"site {site}: no training rows left after data.missing = 'drop'")
         numeric, cats = self._columns(table)
         out: Stats = {key("n"): float(len(rows))}
+        # each feature's place in the file: summed over sites (whose columns are the same),
+        # it orders the features wherever the sums arrive in no order (a gRPC map)
+        for place, c in enumerate([*numeric, *cats]):
+            out[key("col", c)] = float(place)
         for c in numeric:
             j = table.index(c)
             vals = [
@@ -163,6 +167,7 @@ class TableData(SiteData):
         numeric: dict[str, dict[str, float]] = {}
         categories: dict[str, list[str]] = {}
         labels: list[str] = []
+        place: dict[str, float] = {}
         for k, v in stats.items():
             parts = unkey(k)
             if parts[0] == "num":
@@ -171,7 +176,11 @@ class TableData(SiteData):
                 categories.setdefault(parts[1], []).append(parts[2])
             elif parts[0] == "label":
                 labels.append(parts[1])
-        columns = self.features or [*numeric, *categories]  # the files' order
+            elif parts[0] == "col":
+                place[parts[1]] = v
+        columns = self.features or sorted(
+            [*numeric, *categories], key=lambda c: (place.get(c, 0.0), c)
+        )
         order = [c for c in columns if c in numeric]
         mean, std = [], []
         for c in order:
