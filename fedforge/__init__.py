@@ -21,6 +21,17 @@ from fedforge.server import EvalPlan, History, RunDir, Sampler, Server
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """``serve`` and ``join`` (``fedforge.transport.api``), imported on first use: the
+    wire's dependencies (gRPC) load only for deployment."""
+    if name in ("serve", "join"):
+        from fedforge.transport import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'fedforge' has no attribute {name!r}")
+
+
 __all__ = [
     "Client",
     "ClientId",
@@ -49,6 +60,8 @@ __all__ = [
     "classification",
     "evaluate_model",
     "from_module",
+    "join",
     "regression",
+    "serve",
     "sgd",
 ]
