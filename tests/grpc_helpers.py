@@ -25,6 +25,8 @@ from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
 from fedforge.params import Params
 from fedforge.transport.registry import Registry
 
+REPO = Path(__file__).resolve().parent.parent  # the checkout whose fedforge the tests run
+
 SMALL = [
     "name=bc-grpc",
     "data.dataset=breast_cancer",
@@ -47,15 +49,25 @@ def set_args(items: Sequence[str]) -> list[str]:
     return out
 
 
-def fedforge(args: Sequence[str], log: Path, threads: int = 1) -> subprocess.Popen[bytes]:
-    """Start ``fedforge ARGS`` (the transport subcommands) as a process logging to ``log``."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+def cli_env(threads: int = 1) -> dict[str, str]:
+    """The environment of a ``python -m fedforge.cli`` child: ``threads`` torch threads,
+    unbuffered output, and this checkout's ``fedforge`` whatever folder it runs in."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1", PYTHONPATH=path)
+
+
+def fedforge(
+    args: Sequence[str], log: Path, threads: int = 1, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``fedforge ARGS`` (the transport subcommands) as a process logging to ``log``,
+    in ``cwd`` (default: this one)."""
     f = open(log, "wb")  # noqa: SIM115 - the child owns it for its lifetime
     return subprocess.Popen(
         [sys.executable, "-m", "fedforge.cli", *args],
         stdout=f,
         stderr=subprocess.STDOUT,
-        env=env,
+        env=cli_env(threads),
+        cwd=cwd,
         start_new_session=True,
     )
 

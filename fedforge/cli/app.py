@@ -1,8 +1,8 @@
 """The ``fedforge`` command: its argument parser, ``main`` and the console script.
 
 The subcommands live beside it: ``simulate`` and ``show`` in ``simulate.py``;
-``server``, ``client``, ``certs`` and ``status`` in ``deploy.py``; ``dashboard`` in
-``fedforge.dashboard.command``.
+``server``, ``client``, ``certs`` and ``status`` in ``deploy.py``; ``new`` in ``new.py``;
+``dashboard`` in ``fedforge.dashboard.command``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from fedforge.cli import deploy, simulate
+from fedforge.cli import deploy, new, simulate
 from fedforge.dashboard import command as dashboard
 
 _EXAMPLE = """examples:
+  fedforge new demo                                  # a starter project: two sites, their CSVs
   fedforge simulate                                  # built-in default: Fashion-MNIST CNN
   fedforge simulate configs/breast_cancer.toml --set server.rounds=5
   fedforge simulate --resume runs/fashion-mnist-cnn-20261125-101500
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    new.add_parser(sub)  # first in the list: where a new user starts
     simulate.add_parsers(sub)  # simulate, show
     deploy.add_parsers(sub)  # server, client, certs, status
     dashboard.add_parser(sub)
