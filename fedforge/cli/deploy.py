@@ -186,6 +186,10 @@ def _load_config(path: str | None, overrides: list[str], resume: str | None = No
 
 
 def run_server(args: argparse.Namespace) -> int:
+    """``fedforge server``: one flow for both kinds of federation. A built-in dataset's
+    server builds everything from the config as a simulation would; a server of sites that
+    bring their data waits for them first, computes the federation's preprocessing from
+    their sums and builds the model it shapes (``_site_server``)."""
     from fedforge import config as C
     from fedforge.backends.grpc_backend import GrpcBackend
     from fedforge.experiment import build, build_server, new_run_dir
@@ -193,228 +197,58 @@ def run_server(args: argparse.Namespace) -> int:
     from fedforge.transport import status
     from fedforge.transport.quorum import Quorum
     from fedforge.transport.registry import Registry
-    from fedforge.transport.security import INSECURE_WARNING, ServerTLS
-    from fedforge.transport.service import Limits, TransportServer
 
     cfg = _load_config(args.config, args.overrides, args.resume)
-    if cfg.site_data:
-        return run_site_server(args, cfg)
-    sim = build(cfg)
-    members = sorted(sim.clients)
+    sim = None if cfg.site_data else build(cfg)
+    members = participant_ids(cfg) if sim is None else sorted(sim.clients)
     registry = Registry(members)
+    channel = None
     if cfg.secagg is not None:  # participants mask in their own processes
         from fedforge.transport.secagg import GrpcSecAgg
 
         channel = GrpcSecAgg(registry, cfg.secagg.stage_timeout)
-        sim.server = build_server(
-            cfg,
-            sim.data,
-            sim.model,
-            sim.task,
-            sim.clients,
-            population=registry,
-            secagg_channel=channel,
-        )
-    if args.insecure:
-        print(INSECURE_WARNING, file=sys.stderr)
-    port = args.port
-    if port is None and args.resume:
-        try:
-            port = int(status.read(args.resume)["address"].rsplit(":", 1)[1])
-        except (FileNotFoundError, KeyError, ValueError):
-            port = 0
-    limits = Limits(int(args.chunk_mib * 2**20), int(args.max_message_mib * 2**20))
-    server = TransportServer(
-        registry,
-        host=args.host,
-        port=port or 0,
-        tls=None if args.insecure else ServerTLS.from_dir(args.certs),
-        insecure=args.insecure,
-        limits=limits,
-    ).start()
-    if args.port_file:
-        Path(args.port_file).write_text(f"{server.port}\n")
-    print(f"fedforge server listening on {server.address}", file=sys.stderr, flush=True)
-    if args.resume:
-        run_dir = RunDir(args.resume)
-        run_dir.write_config(C.dump(cfg))
-        if sim.server.resume_from(run_dir):
-            print(f"resumed at round {sim.server.round}", file=sys.stderr)
-    else:
-        run_dir = new_run_dir(cfg)
-    print(f"run directory: {run_dir.path}", file=sys.stderr, flush=True)
-    need = args.min_participants or len(members)
-    live = status.StatusFile(run_dir.path, registry, server.address, cfg.server.rounds).start()
-    quorum = Quorum(registry, need, args.join_timeout)
-    sim.server.plugins.extend([quorum, live])
-    dashboard = None
-    if args.dashboard is not None:
-        from fedforge.dashboard import Certs, Dashboard
-
-        certs = None if args.insecure else Certs.from_dir(args.certs)
-        dashboard = Dashboard(
-            run_dir.path, args.dashboard_host, args.dashboard, certs=certs, status=live.doc
-        ).start()
-        dashboard.announce()
-    ended: str | None = None  # why the server ends before training finished
-    try:
-        why = quorum.gather(sim.server)
-        if why is not None:
-            ended = f"cannot start: {why}"
-        else:
-            history = sim.server.run(
-                registry,
-                cfg.server.rounds,
-                backend=GrpcBackend(registry, args.round_timeout),
-                run_dir=run_dir,
-                checkpoint_every=cfg.run.checkpoint_every,
-                keep_checkpoints=cfg.run.keep_checkpoints,
-                progress=not args.no_progress,
-            )
-    except KeyboardInterrupt:  # SIGINT or SIGTERM: run() wrote metrics, plot, checkpoints
-        ended = "interrupted"
-    finally:
-        live.stop("stopped" if sim.server.stopped or ended else "finished")
-        server.stop()
-        if dashboard is not None:
-            dashboard.stop()
-    if ended is not None:
-        if _drop_if_unused(run_dir.path, fresh=not args.resume):
-            print(f"fedforge server: {ended} (before any round; nothing kept)", file=sys.stderr)
-        else:
-            print(
-                f"fedforge server: {ended}; continue with fedforge server --resume "
-                f"{run_dir.path} (and the same --certs / --insecure)",
-                file=sys.stderr,
-            )
-        return 130 if ended == "interrupted" else 1
-    summary_table(history, f"{cfg.name}: {len(history)} rounds")
-    if sim.server.stopped:
-        print(f"stopped early: {sim.server.stopped}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def participant_ids(cfg: Any) -> list[str]:
-    """Who may join a federation whose sites bring their data: ``[federation]
-    participants``, else the ids of its site configs (read for the id only, never the data)."""
-    if cfg.federation.participants:
-        return list(cfg.federation.participants)
-    from fedforge.config.site import load_site
-
-    return [load_site(p).id for p in cfg.federation.sites]
-
-
-def run_site_server(args: argparse.Namespace, cfg: Any) -> int:
-    """``fedforge server`` for sites that bring their own data: wait for them, compute the
-    federation's preprocessing from their sums, build the model it shapes, then train.
-    The server opens no data file; a site whose file does not fit is named, and nothing
-    is left behind."""
-    import json
-
-    from fedforge import data as D
-    from fedforge.backends.grpc_backend import GrpcBackend
-    from fedforge.client.types import ClientFailure
-    from fedforge.data.site_data import SiteDataError, merge_stats
-    from fedforge.experiment import (
-        build_model,
-        build_server,
-        evaluation_task,
-        federation_doc,
-        new_run_dir,
-    )
-    from fedforge.server import RunDir
-    from fedforge.transport import status
-    from fedforge.transport.quorum import Quorum
-    from fedforge.transport.registry import Registry
-    from fedforge.transport.security import INSECURE_WARNING, ServerTLS
-    from fedforge.transport.service import Limits, TransportServer
-
-    members = participant_ids(cfg)
-    registry = Registry(members)
-    channel = None
-    if cfg.secagg is not None:
-        from fedforge.transport.secagg import GrpcSecAgg
-
-        channel = GrpcSecAgg(registry, cfg.secagg.stage_timeout)
-    if args.insecure:
-        print(INSECURE_WARNING, file=sys.stderr)
-    limits = Limits(int(args.chunk_mib * 2**20), int(args.max_message_mib * 2**20))
-    port = args.port
-    if port is None and args.resume:
-        try:
-            port = int(status.read(args.resume)["address"].rsplit(":", 1)[1])
-        except (FileNotFoundError, KeyError, ValueError):
-            port = 0
-    transport = TransportServer(
-        registry,
-        host=args.host,
-        port=port or 0,
-        tls=None if args.insecure else ServerTLS.from_dir(args.certs),
-        insecure=args.insecure,
-        limits=limits,
-    ).start()
-    if args.port_file:
-        Path(args.port_file).write_text(f"{transport.port}\n")
-    print(f"fedforge server listening on {transport.address}", file=sys.stderr, flush=True)
+    transport = _listen(args, registry)
     need = args.min_participants or len(members)
     backend = GrpcBackend(registry, args.round_timeout)
-    ended: str | None = None
+    ended: str | None = None  # why the server ends before training finished
     run_dir: RunDir | None = None
-    server = None
-    live = None
+    server = live = dashboard = None
     try:
-        n = registry.wait_for(need, args.join_timeout)
-        if n < need:
-            raise _CannotStart(f"only {n} of {need} participants joined in {args.join_timeout:g} s")
-        sites = sorted(registry)
-        backend.options["federation"] = federation_doc(cfg, None)  # the schema, no statistics
-        answers = backend.prepare(sites, cfg.seed)
-        refused = {c: a.reason for c, a in answers.items() if isinstance(a, ClientFailure)}
-        if refused:
-            raise _CannotStart(
-                "; ".join(f"site {c} refused: {why}" for c, why in sorted(refused.items()))
-            )
-        try:
-            stats = {c: dict(a.metrics) for c, a in answers.items()}  # type: ignore[union-attr]
-            prep = cfg.data.preprocessing(merge_stats(stats))
-        except SiteDataError as exc:
-            raise _CannotStart(str(exc)) from None
-        shape, classes = cfg.data.shape(prep)
-        fd = D.FederatedData({}, None, classes, shape)
-        import torch
-
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, fd)
-        server = build_server(
-            cfg,
-            fd,
-            model,
-            evaluation_task(cfg.evaluation, classes),
-            registry,
-            population=registry,
-            secagg_channel=channel,
-        )
-        backend.options["federation"] = federation_doc(cfg, prep)
+        prep = None
+        if sim is None:
+            server, prep = _site_server(cfg, registry, backend, channel, need, args.join_timeout)
+        elif channel is not None:
+            server = build_server(
+                cfg, sim.data, sim.model, sim.task, sim.clients,
+                population=registry, secagg_channel=channel,
+            )  # fmt: skip
+        else:
+            server = sim.server
         if args.resume:
             run_dir = RunDir(args.resume)
-            run_dir.write_config(_dump_config(cfg))
+            run_dir.write_config(C.dump(cfg))
             if server.resume_from(run_dir):
                 print(f"resumed at round {server.round}", file=sys.stderr)
         else:
             run_dir = new_run_dir(cfg)
-        (run_dir.path / "preprocessing.json").write_text(json.dumps(prep, indent=1))
+        if prep is not None:
+            (run_dir.path / "preprocessing.json").write_text(json.dumps(prep, indent=1))
         print(f"run directory: {run_dir.path}", file=sys.stderr, flush=True)
-        print(
-            f"preprocessing from {len(sites)} sites' sums: {prep['rows']} training rows, "
-            f"input {shape}, {classes or 'regression'} classes",
-            file=sys.stderr,
-        )
-        live = status.StatusFile(
-            run_dir.path, registry, transport.address, cfg.server.rounds
-        ).start()
+        live = status.StatusFile(run_dir.path, registry, transport.address, cfg.server.rounds)
+        live.start()
         quorum = Quorum(registry, need, args.join_timeout)
         server.plugins.extend([quorum, live])
+        if args.dashboard is not None:
+            from fedforge.dashboard import Certs, Dashboard
+
+            certs = None if args.insecure else Certs.from_dir(args.certs)
+            dashboard = Dashboard(
+                run_dir.path, args.dashboard_host, args.dashboard, certs=certs, status=live.doc
+            ).start()
+            dashboard.announce()
+        why = quorum.gather(server)
+        if why is not None:
+            raise _CannotStart(why)
         history = server.run(
             registry,
             cfg.server.rounds,
@@ -426,13 +260,15 @@ def run_site_server(args: argparse.Namespace, cfg: Any) -> int:
         )
     except _CannotStart as exc:
         ended = f"cannot start: {exc}"
-        registry.finish(ended)
-    except KeyboardInterrupt:
+        registry.finish(ended)  # the participants are told why, and leave
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: run() wrote metrics, plot, checkpoints
         ended = "interrupted"
     finally:
         if live is not None:
-            live.stop("stopped" if (server and server.stopped) or ended else "finished")
+            live.stop("stopped" if (server is not None and server.stopped) or ended else "finished")
         transport.stop()
+        if dashboard is not None:
+            dashboard.stop()
     if ended is not None:
         if run_dir is None or _drop_if_unused(run_dir.path, fresh=not args.resume):
             print(f"fedforge server: {ended} (before any round; nothing kept)", file=sys.stderr)
@@ -444,7 +280,7 @@ def run_site_server(args: argparse.Namespace, cfg: Any) -> int:
             )
         return 130 if ended == "interrupted" else 1
     summary_table(history, f"{cfg.name}: {len(history)} rounds")
-    assert server is not None
+    assert server is not None  # training ran
     if server.stopped:
         print(f"stopped early: {server.stopped}", file=sys.stderr)
         return 1
@@ -452,13 +288,93 @@ def run_site_server(args: argparse.Namespace, cfg: Any) -> int:
 
 
 class _CannotStart(Exception):
-    pass
+    """Training cannot begin (too few participants, a site's data does not fit)."""
 
 
-def _dump_config(cfg: Any) -> str:
-    from fedforge import config as C
+def _listen(args: argparse.Namespace, registry: Any) -> Any:
+    """The transport server on ``--host``/``--port`` (with ``--resume``: the previous run's
+    port), announced on stderr and in ``--port-file``."""
+    from fedforge.transport import status
+    from fedforge.transport.security import INSECURE_WARNING, ServerTLS
+    from fedforge.transport.service import Limits, TransportServer
 
-    return C.dump(cfg)
+    if args.insecure:
+        print(INSECURE_WARNING, file=sys.stderr)
+    port = args.port
+    if port is None and args.resume:
+        try:
+            port = int(status.read(args.resume)["address"].rsplit(":", 1)[1])
+        except (FileNotFoundError, KeyError, ValueError):
+            port = 0
+    limits = Limits(int(args.chunk_mib * 2**20), int(args.max_message_mib * 2**20))
+    transport = TransportServer(
+        registry,
+        host=args.host,
+        port=port or 0,
+        tls=None if args.insecure else ServerTLS.from_dir(args.certs),
+        insecure=args.insecure,
+        limits=limits,
+    ).start()
+    if args.port_file:
+        Path(args.port_file).write_text(f"{transport.port}\n")
+    print(f"fedforge server listening on {transport.address}", file=sys.stderr, flush=True)
+    return transport
+
+
+def _site_server(
+    cfg: Any, registry: Any, backend: Any, channel: Any, need: int, timeout: float
+) -> tuple[Any, dict[str, Any]]:
+    """Wait for ``need`` sites, ask each for its sums (``prepare``), compute the
+    federation's preprocessing, and build the server for the model it shapes; from then
+    on every task carries the federation's description with the preprocessing."""
+    import torch
+
+    from fedforge import data as D
+    from fedforge.client.types import ClientFailure, EvalResult
+    from fedforge.data.site_data import SiteDataError, merge_stats
+    from fedforge.experiment import build_model, build_server, evaluation_task, federation_doc
+
+    n = registry.wait_for(need, timeout)
+    if n < need:
+        raise _CannotStart(f"only {n} of {need} participants joined in {timeout:g} s")
+    sites = sorted(registry)
+    backend.options["federation"] = federation_doc(cfg, None)  # the schema, no statistics yet
+    answers = backend.prepare(sites, cfg.seed)
+    refused = {c: a.reason for c, a in answers.items() if isinstance(a, ClientFailure)}
+    if refused:
+        raise _CannotStart(
+            "; ".join(f"site {c} refused: {why}" for c, why in sorted(refused.items()))
+        )
+    try:
+        stats = {c: dict(a.metrics) for c, a in answers.items() if isinstance(a, EvalResult)}
+        prep: dict[str, Any] = cfg.data.preprocessing(merge_stats(stats))
+    except SiteDataError as exc:
+        raise _CannotStart(str(exc)) from None
+    shape, classes = cfg.data.shape(prep)
+    print(
+        f"preprocessing from {len(sites)} sites' sums: {prep['rows']} training rows, "
+        f"input {shape}, {classes or 'regression, no'} classes",
+        file=sys.stderr,
+    )
+    torch.manual_seed(cfg.seed)  # model initialisation, as in simulation
+    fd = D.FederatedData({}, None, classes, shape)
+    model = build_model(cfg.model, fd)
+    task = evaluation_task(cfg.evaluation, classes)
+    server = build_server(
+        cfg, fd, model, task, registry, population=registry, secagg_channel=channel
+    )
+    backend.options["federation"] = federation_doc(cfg, prep)
+    return server, prep
+
+
+def participant_ids(cfg: Any) -> list[str]:
+    """Who may join a federation whose sites bring their data: ``[federation]
+    participants``, else the ids of its site configs (read for the id only, never the data)."""
+    if cfg.federation.participants:
+        return list(cfg.federation.participants)
+    from fedforge.config.site import load_site
+
+    return [load_site(p).id for p in cfg.federation.sites]
 
 
 def _drop_if_unused(path: Path, fresh: bool) -> bool:
@@ -671,8 +587,16 @@ def run_certs(args: argparse.Namespace) -> int:
     elif args.ids:
         ids = [x.strip() for x in args.ids.split(",") if x.strip()]
     if ids or not args.revoke:
-        certs.make_all(folder, ids, args.host)
-        print(f"wrote CA, server certificate and {len(ids)} participant certificates in {folder}")
+        kept = certs.make_all(folder, ids, args.host)
+        made = len(ids) - len(kept)
+        print(f"{folder}: server certificate and {made} new participant certificate(s) written")
+        if kept:
+            print(
+                f"kept the existing certificates of {', '.join(kept)} (delete its participants/ID.pem to issue a new one)"
+            )
+        print(
+            f"give each site {folder}/ca.pem and its own participants/ID.pem and .key, never ca.key"
+        )
     for cid in args.revoke:
         certs.revoke(folder, cid)
         print(f"revoked {cid} (the server re-reads {folder / 'revoked.json'})")

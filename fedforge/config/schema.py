@@ -288,6 +288,11 @@ class ExperimentConfig(_Strict):
                 "file; list the site configs in [federation] sites (fedforge simulate) or the "
                 "participant ids in [federation] participants (fedforge server)"
             )
+        s = self.server
+        if self.site_data and "clients_per_round" not in s.model_fields_set and s.fraction is None:
+            # a federation of named sites asks every site each round unless told otherwise
+            every = len(f.participants or f.sites)
+            object.__setattr__(self, "server", s.model_copy(update={"clients_per_round": every}))
         if not self.site_data and (f.sites or f.participants):
             raise ValueError(
                 "[federation] sites/participants apply to a [data] section that sites bring "

@@ -137,16 +137,23 @@ def make_participant_cert(folder: Path, client_id: str) -> Path:
     return out / f"{client_id}.pem"
 
 
-def make_all(folder: Path, participants: Iterable[str], hosts: Iterable[str] = ()) -> None:
-    """CA (if missing), server certificate, and one certificate per participant."""
+def make_all(folder: Path, participants: Iterable[str], hosts: Iterable[str] = ()) -> list[str]:
+    """CA (if missing), server certificate, and one certificate per participant that has
+    none yet: a participant's existing key is never replaced.
+    Returns the ids whose certificates already existed and were kept."""
     if not (folder / "ca.pem").is_file():
         make_ca(folder)
     make_server_cert(folder, hosts)
+    kept = []
     for cid in participants:
+        if (folder / "participants" / f"{cid}.pem").is_file():
+            kept.append(cid)
+            continue
         make_participant_cert(folder, cid)
     revoked = folder / "revoked.json"
     if not revoked.is_file():
         revoked.write_text(json.dumps({"revoked": []}) + "\n")
+    return kept
 
 
 def revoke(folder: Path, client_id: str) -> None:
