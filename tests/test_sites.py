@@ -212,3 +212,38 @@ def test_a_model_factory_by_import_path(tmp_path: Path, monkeypatch: pytest.Monk
     assert shapes["0.weight"] == (3, len(COLUMNS) + 3) and shapes["2.weight"] == (2, 3)
     with pytest.raises(C.ConfigError, match="cannot import 'no_such_pkg.nets'"):
         build(C.load(fed, ["model={name: import, factory: 'no_such_pkg.nets:make'}"]))
+
+
+def test_image_folders_per_site(tmp_path: Path) -> None:
+    """scikit-learn's 8x8 digits written as PNG files in class folders at two sites."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    keep = d.target < 3
+    x, y = d.images[keep], d.target[keep]
+    names = ["zero", "one", "two"]
+    for n, (img, label) in enumerate(zip(x, y, strict=True)):
+        site = "clinic_a" if n % 3 else "clinic_b"
+        folder = tmp_path / site / names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img * 255 / 16).astype("uint8")).save(folder / f"{n}.png")
+    for site in ("clinic_a", "clinic_b"):
+        (tmp_path / f"{site}.toml").write_text(f'id = "{site}"\n[data]\npath = "{site}"\n')
+    fed = tmp_path / "federation.toml"
+    fed.write_text(
+        'name = "digits-images"\n[data]\ndataset = "images"\nsize = 8\n[model]\nname = "mlp"\n'
+        "hidden = [32]\n[client]\nlr = 0.1\nepochs = 2\n[server]\nrounds = 4\n"
+        f'[run]\ndir = "{tmp_path / "runs"}"\n'
+        '[federation]\nsites = ["clinic_a.toml", "clinic_b.toml"]\n'
+    )
+    sim = build(C.load(fed))
+    assert sim.data.input_shape == (1, 8, 8) and sim.data.num_classes == 3
+    assert sim.preprocessing is not None and sim.preprocessing["labels"] == ["one", "two", "zero"]
+    pooled = np.concatenate([c.train.tensors[0].numpy() for c in sim.data.clients.values()])  # type: ignore[attr-defined]
+    assert abs(pooled.mean()) < 1e-5 and abs(pooled.std() - 1) < 1e-4  # normalized from sums
+    history = sim.server.run(sim.clients, 4, backend=sim.backend, progress=False)
+    assert list(history)[-1]["federated_accuracy"] > 0.9
+    (tmp_path / "clinic_b" / "stray.png").write_bytes(b"")
+    with pytest.raises(C.ConfigError, match="images directly in the folder"):
+        build(C.load(fed))

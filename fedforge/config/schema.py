@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # the modules that declare components: importing them registers every built-in kind
 import fedforge.aggregate
 import fedforge.algorithms
+import fedforge.data.images
 import fedforge.data.sources
 import fedforge.data.table
 import fedforge.models

@@ -43,7 +43,7 @@ class _Strict(BaseModel):
 
 class SiteDataSource(_Strict):
     path: str
-    format: Literal["csv", "jsonl", "parquet", "hf"] | None = None
+    format: Literal["csv", "jsonl", "parquet", "hf", "images"] | None = None
 
 
 class SiteTLS(_Strict):

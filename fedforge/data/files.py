@@ -22,7 +22,8 @@ from typing import Any
 
 __all__ = ["FORMATS", "DataFileError", "Table", "read_table"]
 
-FORMATS = ("csv", "jsonl", "parquet", "hf")
+FORMATS = ("csv", "jsonl", "parquet", "hf", "images")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _SUFFIX = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
 
@@ -67,9 +68,12 @@ def format_of(path: Path, fmt: str | None = None) -> str:
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
             return "hf"
+        if any(d.is_dir() for d in path.iterdir()):
+            return "images"
         raise DataFileError(
-            f"{path} is a folder without dataset_info.json: give a CSV, JSONL or Parquet file, "
-            "or a folder written by a Hugging Face dataset's save_to_disk"
+            f"{path} is a folder with neither dataset_info.json nor class subfolders: give a "
+            "CSV, JSONL or Parquet file, a folder written by a Hugging Face dataset's "
+            "save_to_disk, or an image folder (one subfolder of images per class)"
         )
     found = _SUFFIX.get(path.suffix.lower())
     if found is None:
@@ -86,7 +90,9 @@ def read_table(path: str | Path, fmt: str | None = None) -> Table:
     if not p.exists():
         raise DataFileError(f"data file {p} does not exist (paths are relative to the site config)")
     kind = format_of(p, fmt)
-    table = {"csv": _csv, "jsonl": _jsonl, "parquet": _parquet, "hf": _hf}[kind](p)
+    table = {"csv": _csv, "jsonl": _jsonl, "parquet": _parquet, "hf": _hf, "images": _images}[kind](
+        p
+    )
     if not table.rows:
         raise DataFileError(f"{p}: no rows of data")
     return table
@@ -207,3 +213,21 @@ def _hf(p: Path) -> Table:
                 f"{f}: not an Arrow stream written by save_to_disk ({exc})"
             ) from None
     return _arrow(p, pa.concat_tables(parts))
+
+
+def _images(p: Path) -> Table:
+    """An image folder: one subfolder per class, its images inside (any depth); the rows
+    are ``(image path, class)``, opened later by the schema (``fedforge.data.images``)."""
+    if not p.is_dir():
+        raise DataFileError(f"{p}: an image folder must be a folder of class subfolders")
+    rows: list[list[Any]] = []
+    for cls in sorted(d for d in p.iterdir() if d.is_dir()):
+        files = sorted(f for f in cls.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        rows += [[str(f), cls.name] for f in files]
+    stray = [f.name for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    if stray:
+        raise DataFileError(
+            f"{p}: images directly in the folder ({stray[0]}, ...); put each in its class's "
+            "subfolder"
+        )
+    return Table(p, ["image", "label"], rows, lambda i: str(rows[i][0]))
