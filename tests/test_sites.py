@@ -147,6 +147,17 @@ def test_site_data_without_sites_and_sites_without_site_data(tmp_path: Path) -> 
         C.validate({"data": {"dataset": "digits"}, "federation": {"participants": ["a"]}})
 
 
+def test_secure_aggregation_is_refused_until_the_preprocessing_is_secure() -> None:
+    with pytest.raises(C.ConfigError, match="server would see every site's sums"):
+        C.validate(
+            {
+                "data": {"dataset": "table", "label": "y"},
+                "federation": {"sites": ["a"]},
+                "secagg": {},
+            }
+        )
+
+
 def test_two_site_configs_with_one_id_are_refused(tmp_path: Path) -> None:
     fed = write_sites(tmp_path)
     text = (tmp_path / "bank_c.toml").read_text().replace('"bank_c"', '"bank_a"')

@@ -329,6 +329,13 @@ class ExperimentConfig(_Strict):
     def _secagg_composes(self) -> ExperimentConfig:
         if self.secagg is None:
             return self
+        if self.site_data:
+            raise ValueError(
+                "[secagg] cannot be combined with sites that bring their own data yet: the "
+                "federation's preprocessing adds up each site's sums and counts before round 1, "
+                "and the server would see every site's sums, which secure aggregation exists to "
+                "hide (secure aggregation of the preprocessing step is not built yet)"
+            )
         if self.privacy is not None:
             raise ValueError(
                 "[privacy] cannot be combined with [secagg]: DP-FedAvg clips each update on "
