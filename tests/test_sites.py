@@ -61,6 +61,26 @@ def test_a_site_simulation_trains_and_imputes(tmp_path: Path) -> None:
     assert len(accs) == 3 and accs[-1] > 0.85, accs
 
 
+def test_simulate_from_the_command_line_writes_the_preprocessing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    fed = write_sites(tmp_path, rounds=2)
+    out = subprocess.run(
+        [sys.executable, "-m", "fedforge.cli", "simulate", str(fed), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    run = next((tmp_path / "runs").iterdir())
+    prep = json.loads((run / "preprocessing.json").read_text())
+    assert prep["numeric"] == COLUMNS and prep["labels"] == ["0", "1"]
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and "federated_accuracy" in records[-1]
+
+
 def test_site_config_paths_are_relative_to_the_site_config(tmp_path: Path) -> None:
     write_sites(tmp_path)
     site = load_site(tmp_path / "bank_b.toml")

@@ -96,6 +96,10 @@ def _simulate(args: argparse.Namespace) -> int:
             print(f"{run_dir.path}: no checkpoint yet, starting from round 1", file=sys.stderr)
         elif sim.server.round >= cfg.server.rounds:
             print(f"{run_dir.path} already finished {sim.server.round} rounds", file=sys.stderr)
+    if sim.preprocessing is not None:  # the federation's, from the sites' sums
+        import json
+
+        (run_dir.path / "preprocessing.json").write_text(json.dumps(sim.preprocessing, indent=1))
     print(f"run directory: {run_dir.path}", file=sys.stderr)
     try:
         history = sim.server.run(
