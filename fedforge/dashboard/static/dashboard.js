@@ -52,7 +52,11 @@ const LABELS = { aggregated: "answered", failed: "dropped", compression_up: "com
 function roundColumns(rounds) {
   const seen = new Set();
   for (const r of rounds) for (const k of Object.keys(r)) seen.add(k);
-  const evals = [...seen].filter((k) => /^(central|federated)_/.test(k)).sort();
+  // a metric column holds numbers; a confusion matrix (rows of counts) is drawn elsewhere
+  const evals = [...seen]
+    .filter((k) => /^(central|federated)_/.test(k))
+    .filter((k) => rounds.some((r) => typeof r[k] === "number"))
+    .sort();
   return [...FIRST, ...evals, ...LAST].filter((k) => seen.has(k));
 }
 
