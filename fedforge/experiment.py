@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from fedforge import components
 from fedforge import config as C
@@ -25,6 +26,7 @@ from fedforge.client import (
     Client,
     TorchClient,
     adam,
+    adamw,
     central_evaluator,
     classification,
     regression,
@@ -33,7 +35,7 @@ from fedforge.client import (
 from fedforge.client.tasks import Task
 from fedforge.components import Declaration
 from fedforge.optim import ServerOptimizerSpec
-from fedforge.params import ClientId, from_module
+from fedforge.params import ClientId, Params, from_module
 from fedforge.secagg import SecAggConfig, SecureAggregator
 from fedforge.secagg.fixedpoint import FixedPoint
 from fedforge.secagg.graph import Auto, Complete, GraphChoice, Sparse
@@ -142,6 +144,8 @@ def algorithm(cfg: C.ExperimentConfig) -> Algorithm:
 def _client_optimizer(cfg: C.ClientConfig) -> Any:
     if cfg.optimizer == "adam":
         return adam(cfg.lr, cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return adamw(cfg.lr, cfg.weight_decay)
     return sgd(cfg.lr, cfg.momentum, cfg.weight_decay)
 
 
@@ -228,7 +232,77 @@ def evaluation_task(e: C.EvaluationConfig, num_classes: int | None) -> Task:
         raise C.ConfigError(f"evaluation.metrics: {exc}") from None
 
 
+def is_llm(cfg: C.ExperimentConfig) -> bool:
+    return getattr(cfg.model, "name", None) == "causal_lm"
+
+
+def llm_client(c: C.ClientConfig, model: Any, blocks: Any) -> Any:
+    """A language-model site's ``LLMClient`` on the shared ``model``: ``[client]`` as its
+    local plan (``steps``, or ``epochs`` passes over its blocks)."""
+    import math
+
+    from fedforge.client.local import LocalPlan
+    from fedforge.llm.client import LLMClient, default_autocast
+
+    per_pass = math.ceil(len(blocks.train) / (c.batch_size * c.grad_accum))
+    plan = LocalPlan(
+        _client_optimizer(c),
+        steps=c.steps or c.epochs * max(1, per_pass),
+        batch_size=c.batch_size,
+        grad_accum=c.grad_accum,
+        max_grad_norm=c.max_grad_norm,
+        autocast=default_autocast() if c.autocast else None,
+        gradient_checkpointing=c.gradient_checkpointing,
+    )
+    return LLMClient(
+        model,
+        blocks.train,
+        held_out=blocks.held_out,
+        training=plan,
+        train_labels=blocks.train_labels,
+        held_out_labels=blocks.held_out_labels,
+    )
+
+
+def build_llm(cfg: C.ExperimentConfig) -> Simulation:
+    """A language-model federation of sites (``[model] name = "causal_lm"``, token data):
+    ONE base model in this process shared by every site's ``LLMClient``; the server's
+    state is the adapter's travelling tensors."""
+    from fedforge.config.site import load_site
+    from fedforge.data.site_data import SiteDataError, merge_stats
+    from fedforge.llm.adapters import adapter_params
+    from fedforge.llm.federation import TokenData
+
+    data = cfg.data
+    assert isinstance(data, TokenData)
+    model, tokenizer = cfg.model.load()  # type: ignore[attr-defined]
+    sites = [load_site(p) for p in cfg.federation.sites]
+    try:
+        tables = {s.id: data.read(s.data.path, s.data.format) for s in sites}
+        prep = data.preprocessing(
+            merge_stats({sid: data.local_stats(t, cfg.seed, sid) for sid, t in tables.items()})
+        )
+        blocks = {sid: data.blocks(t, tokenizer, cfg.seed, sid) for sid, t in tables.items()}
+    except SiteDataError as exc:
+        raise C.ConfigError(str(exc)) from None
+    clients = {sid: llm_client(cfg.client, model, b) for sid, b in blocks.items()}
+    fd = D.FederatedData(
+        {
+            sid: D.ClientData(TensorDataset(b.train), TensorDataset(b.held_out))
+            for sid, b in blocks.items()
+        },
+        None,
+        None,
+        (data.seq_len,),
+    )
+    task = evaluation_task(cfg.evaluation, None)
+    server = build_server(cfg, fd, model, task, clients, initial=adapter_params(model))
+    return Simulation(cfg, fd, model, task, clients, server, make_backend(cfg.backend), prep)
+
+
 def build(cfg: C.ExperimentConfig) -> Simulation:
+    if is_llm(cfg):
+        return build_llm(cfg)
     torch.manual_seed(cfg.seed)  # model initialisation only; training randomness is derived
     prep = None
     if cfg.site_data:
@@ -252,6 +326,7 @@ def build_server(
     *,
     population: Collection[ClientId] | None = None,
     secagg_channel: Channel | None = None,
+    initial: Params | None = None,
 ) -> Server:
     """The server a config describes, for ``clients``. Over gRPC, ``population`` is the live
     registry of participants and ``secagg_channel`` carries secure aggregation to them."""
@@ -291,7 +366,7 @@ def build_server(
         agg = secure_aggregation(cfg.secagg, agg, members, secagg_channel, seed)
     try:
         return Server(
-            from_module(model),
+            initial if initial is not None else from_module(model),
             sampler=sampler,
             aggregator=agg,
             plugins=plugins,

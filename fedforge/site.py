@@ -21,8 +21,7 @@ from typing import Any
 import torch
 
 from fedforge import components
-from fedforge.client import TorchClient
-from fedforge.client.types import EvalResult, FitResult, RoundInfo
+from fedforge.client.types import Client, EvalResult, FitResult, RoundInfo
 from fedforge.config.schema import ClientConfig, EvaluationConfig
 from fedforge.config.site import SiteConfig
 from fedforge.data.files import Table
@@ -39,7 +38,7 @@ class Site:
         self.config = config
         self.id = config.id
         self._table: Table | None = None
-        self._built: tuple[str, TorchClient] | None = None
+        self._built: tuple[str, Client] | None = None
         self._lock = threading.Lock()
         self.refused: str | None = None  # why this site's data did not fit, if it did not
 
@@ -71,28 +70,32 @@ class Site:
             raise
         return EvalResult(0.0, int(stats[key("n")]), stats)
 
-    def _client(self, info: RoundInfo) -> TorchClient:
+    def _client(self, info: RoundInfo) -> Client:
         text, doc, data = self._federation(info)
         with self._lock:
             if self._built is not None and self._built[0] == text:
                 return self._built[1]
-            from fedforge.experiment import evaluation_task, torch_client
+            from fedforge.experiment import evaluation_task, llm_client, torch_client
+            from fedforge.llm.federation import TokenData
 
             prep = doc.get("preprocessing")
             if prep is None:
                 raise ValueError("the federation's preprocessing has not been computed yet")
             seed = int(doc["seed"])
-            cd = data.client_data(self._read(data), prep, seed, self.id)
-            shape, classes = data.shape(prep)
             decl = components.get("model", doc["model"]["name"]).model_validate(doc["model"])
-            torch.manual_seed(seed)  # the server sends the parameters; this only shapes them
-            model = decl.build(shape, classes)
-            client = torch_client(
-                ClientConfig.model_validate(doc["client"]),
-                model,
-                cd,
-                evaluation_task(EvaluationConfig.model_validate(doc["evaluation"]), classes),
-            )
+            local = ClientConfig.model_validate(doc["client"])
+            client: Client
+            if isinstance(data, TokenData):  # a language model: one base, this site's adapter
+                model, tokenizer = decl.load()  # type: ignore[attr-defined]
+                blocks = data.blocks(self._read(data), tokenizer, seed, self.id)
+                client = llm_client(local, model, blocks)
+            else:
+                cd = data.client_data(self._read(data), prep, seed, self.id)
+                shape, classes = data.shape(prep)
+                torch.manual_seed(seed)  # the server sends the parameters; this shapes them
+                model = decl.build(shape, classes)
+                task = evaluation_task(EvaluationConfig.model_validate(doc["evaluation"]), classes)
+                client = torch_client(local, model, cd, task)
             self._built = (text, client)
             return client
 

@@ -332,7 +332,13 @@ def _site_server(
     from fedforge import data as D
     from fedforge.client.types import ClientFailure, EvalResult
     from fedforge.data.site_data import SiteDataError, merge_stats
-    from fedforge.experiment import build_model, build_server, evaluation_task, federation_doc
+    from fedforge.experiment import (
+        build_model,
+        build_server,
+        evaluation_task,
+        federation_doc,
+        is_llm,
+    )
 
     n = registry.wait_for(need, timeout)
     if n < need:
@@ -356,12 +362,19 @@ def _site_server(
         f"input {shape}, {classes or 'regression, no'} classes",
         file=sys.stderr,
     )
-    torch.manual_seed(cfg.seed)  # model initialisation, as in simulation
     fd = D.FederatedData({}, None, classes, shape)
-    model = build_model(cfg.model, fd)
+    initial = None
+    if is_llm(cfg):  # the server's state is the adapter; the base stays frozen everywhere
+        from fedforge.llm.adapters import adapter_params
+
+        model, _ = cfg.model.load()
+        initial = adapter_params(model)
+    else:
+        torch.manual_seed(cfg.seed)  # model initialisation, as in simulation
+        model = build_model(cfg.model, fd)
     task = evaluation_task(cfg.evaluation, classes)
     server = build_server(
-        cfg, fd, model, task, registry, population=registry, secagg_channel=channel
+        cfg, fd, model, task, registry, population=registry, secagg_channel=channel, initial=initial
     )
     backend.options["federation"] = federation_doc(cfg, prep)
     return server, prep

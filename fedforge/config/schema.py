@@ -19,6 +19,7 @@ import fedforge.algorithms
 import fedforge.data.images
 import fedforge.data.sources
 import fedforge.data.table
+import fedforge.llm.federation
 import fedforge.models
 import fedforge.optim
 import fedforge.transforms  # noqa: F401
@@ -55,7 +56,11 @@ class CompressionConfig(_Strict):
 
 
 class ClientConfig(_Strict):
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    """A participant's local training. ``steps`` optimizer steps (None: ``epochs`` passes);
+    ``grad_accum`` micro-batches per step, ``max_grad_norm`` clipping, ``autocast`` bf16
+    where a GPU supports it and ``gradient_checkpointing`` apply to language models."""
+
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0, allow_inf_nan=False)
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -63,6 +68,10 @@ class ClientConfig(_Strict):
     steps: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1)
     prox_mu: float = Field(0.0, ge=0)
+    grad_accum: int = Field(1, ge=1)
+    max_grad_norm: float | None = Field(None, gt=0, allow_inf_nan=False)
+    autocast: bool = False
+    gradient_checkpointing: bool = False
 
 
 class ServerConfig(_Strict):
@@ -279,6 +288,17 @@ class ExperimentConfig(_Strict):
     def site_data(self) -> bool:
         """Whether each site brings its own rows (``[data]`` of a site kind)."""
         return bool(getattr(self.data, "site_data", False))
+
+    @model_validator(mode="after")
+    def _model_fits_data(self) -> ExperimentConfig:
+        lm = getattr(self.model, "name", None) == "causal_lm"
+        tokens = hasattr(self.data, "blocks")
+        if lm != tokens:
+            raise ValueError(
+                "model.name = 'causal_lm' trains on token data ([data] dataset = 'instructions' "
+                "or 'lm_text') and token data needs it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sites_fit_data(self) -> ExperimentConfig:

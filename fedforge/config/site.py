@@ -43,7 +43,7 @@ class _Strict(BaseModel):
 
 class SiteDataSource(_Strict):
     path: str
-    format: Literal["csv", "jsonl", "parquet", "hf", "images"] | None = None
+    format: Literal["csv", "jsonl", "parquet", "hf", "images", "txt"] | None = None
 
 
 class SiteTLS(_Strict):

@@ -22,9 +22,15 @@ from typing import Any
 
 __all__ = ["FORMATS", "DataFileError", "Table", "read_table"]
 
-FORMATS = ("csv", "jsonl", "parquet", "hf", "images")
+FORMATS = ("csv", "jsonl", "parquet", "hf", "images", "txt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-_SUFFIX = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+_SUFFIX = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".txt": "txt",
+}
 
 
 class DataFileError(ValueError):
@@ -90,9 +96,14 @@ def read_table(path: str | Path, fmt: str | None = None) -> Table:
     if not p.exists():
         raise DataFileError(f"data file {p} does not exist (paths are relative to the site config)")
     kind = format_of(p, fmt)
-    table = {"csv": _csv, "jsonl": _jsonl, "parquet": _parquet, "hf": _hf, "images": _images}[kind](
-        p
-    )
+    table = {
+        "csv": _csv,
+        "jsonl": _jsonl,
+        "parquet": _parquet,
+        "hf": _hf,
+        "images": _images,
+        "txt": _txt,
+    }[kind](p)
     if not table.rows:
         raise DataFileError(f"{p}: no rows of data")
     return table
@@ -231,3 +242,13 @@ def _images(p: Path) -> Table:
             "subfolder"
         )
     return Table(p, ["image", "label"], rows, lambda i: str(rows[i][0]))
+
+
+def _txt(p: Path) -> Table:
+    """A plain-text file as one row of one column, ``text`` (language-model text)."""
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataFileError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    rows: list[list[Any]] = [[text]] if text.strip() else []
+    return Table(p, ["text"], rows, lambda i: str(p))

@@ -1,19 +1,22 @@
-"""An instruction-style task from the plays: reply, in character, to the speech before.
+"""Instruction examples: a system turn, a user turn (the cue) and the reply to learn.
 
-For a role ``R`` of a play, every speech of ``R`` that follows another speaker's speech
-in the same scene gives one example: a system turn names the role and the play, the user
-turn is the cue (the other speaker's speech, with their name), the response is ``R``'s
-speech. The turns go through the tokenizer's chat template when it has one
-(SmolLM2-Instruct does: the model is tuned on exactly such turns), else through a plain
-``### System: / ### Instruction: / ### Response:`` frame. Only the response tokens (and the end token
-after them) carry a label: the loss, and the perplexity reported, are those of the
-reply given the prompt, as in instruction tuning (e.g. Alpaca, Taori et al. 2023).
+An ``Exchange`` is one example. Its turns go through the tokenizer's chat template when
+it has one (SmolLM2-Instruct does), else through a plain ``### System: / ###
+Instruction: / ### Response:`` frame. Only the response tokens (and the end token after
+them) carry a label: the loss, and the perplexity reported, are those of the reply given
+the prompt, as in instruction tuning (e.g. Alpaca, Taori et al. 2023). Earlier turns of
+a chat (``context``) go before the cue and carry no label.
 
-Examples are truncated to ``seq_len`` tokens (the cue from its start when the prompt
-alone would leave fewer than half the tokens to the reply) and padded at the end with
-the end token, label ``IGNORE``: padding after a causal model's last real token changes
-none of the predictions before it, so no attention mask is needed. The held-out
-examples are the role's *last* ones in play order.
+Truncation policy: an example is at most ``seq_len`` tokens. When the prompt alone would
+leave the reply fewer than half of them, the cue is cut (its start kept, `` ...``
+appended) until it fits; the reply is then cut at ``seq_len``. Examples are padded at the
+end with the end token, label ``IGNORE``: padding after a causal model's last real token
+changes none of the predictions before it, so no attention mask is needed.
+
+Sources: ``dialogue_exchanges`` makes them from the plays (reply, in character, to the
+speech before; the held-out examples are a role's last ones in play order);
+``fedforge.llm.federation`` reads a site's JSONL of instruction/response pairs or chat
+messages with the federation's system prompt.
 """
 
 from __future__ import annotations
@@ -27,44 +30,61 @@ import torch
 from fedforge.data.plays import Speech
 from fedforge.llm.text import IGNORE, TokenBlocks, _eos_id, tokenize
 
-__all__ = ["Exchange", "dialogue_exchanges", "instruction_blocks", "instruction_prompt"]
+__all__ = [
+    "Exchange",
+    "dialogue_exchanges",
+    "example_tensors",
+    "has_chat_template",
+    "instruction_blocks",
+    "instruction_prompt",
+]
 
 
 @dataclass(frozen=True)
 class Exchange:
-    """A cue by another speaker and ``role``'s reply to it, in ``play``."""
+    """One example: the ``system`` turn, the ``cue`` (the user turn, shown as ``cue_role:
+    cue`` when a speaker is named) and the ``reply`` to learn; ``context`` holds a chat's
+    earlier turns as ``(role, content)``."""
 
-    play: str
-    role: str
-    cue_role: str
+    system: str
     cue: str
     reply: str
+    cue_role: str | None = None
+    context: tuple[tuple[str, str], ...] = ()
 
 
 def dialogue_exchanges(play: str, speeches: Sequence[Speech], role: str) -> list[Exchange]:
     """Every (cue, reply) of ``role`` in ``speeches`` (one play, in order): a speech of
     ``role`` right after another speaker's, in the same scene."""
+    system = f"You are {role} in Shakespeare's {play}. Reply in character."
     out = []
     for before, sp in zip(speeches[:-1], speeches[1:], strict=True):
         if sp.role == role and before.role != role and before.scene == sp.scene:
-            out.append(Exchange(play, role, before.role, before.text, sp.text))
+            out.append(Exchange(system, before.text, sp.text, cue_role=before.role))
     return out
 
 
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
 def instruction_prompt(tokenizer: Any, ex: Exchange, cue: str | None = None) -> str:
-    """The prompt text of ``ex`` (its cue, or ``cue`` in its place), ready for the reply:
-    a system turn naming the role and the play, a user turn with the cue."""
-    system = f"You are {ex.role} in Shakespeare's {ex.play}. Reply in character."
-    user = f"{ex.cue_role}: {ex.cue if cue is None else cue}"
-    if getattr(tokenizer, "chat_template", None):
+    """The prompt text of ``ex`` (its cue, or ``cue`` in its place), ready for the reply."""
+    text = ex.cue if cue is None else cue
+    user = f"{ex.cue_role}: {text}" if ex.cue_role else text
+    turns = [("system", ex.system)] if ex.system else []
+    turns += [*ex.context, ("user", user)]
+    if has_chat_template(tokenizer):
         return str(
             tokenizer.apply_chat_template(
-                [{"role": "system", "content": system}, {"role": "user", "content": user}],
+                [{"role": r, "content": c} for r, c in turns],
                 tokenize=False,
                 add_generation_prompt=True,
             )
         )
-    return f"### System:\n{system}\n### Instruction:\n{user}\n### Response:\n"
+    head = {"system": "### System:", "user": "### Instruction:", "assistant": "### Response:"}
+    body = "".join(f"{head.get(r, '### ' + r + ':')}\n{c}\n" for r, c in turns)
+    return body + "### Response:\n"
 
 
 def _example(tokenizer: Any, ex: Exchange, seq_len: int, eos: int) -> tuple[list[int], int]:
@@ -83,9 +103,11 @@ def _example(tokenizer: Any, ex: Exchange, seq_len: int, eos: int) -> tuple[list
     return ids, len(prompt_ids)
 
 
-def _tensors(
+def example_tensors(
     tokenizer: Any, examples: Sequence[Exchange], seq_len: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, labels)`` of shape ``(kept, seq_len)``: examples with no reply token within
+    ``seq_len`` are dropped."""
     eos = _eos_id(tokenizer)
     rows, labels = [], []
     for ex in examples:
@@ -125,8 +147,8 @@ def instruction_blocks(
             "the rest; pick a role that speaks more"
         )
     train_ex, test_ex = exchanges[: len(exchanges) - n_test], exchanges[len(exchanges) - n_test :]
-    train, train_labels = _tensors(tokenizer, train_ex[:max_train], seq_len)
-    test, test_labels = _tensors(tokenizer, test_ex[:max_held_out], seq_len)
+    train, train_labels = example_tensors(tokenizer, train_ex[:max_train], seq_len)
+    test, test_labels = example_tensors(tokenizer, test_ex[:max_held_out], seq_len)
     if len(train) == 0 or len(test) == 0:
         raise ValueError("no example kept a reply token within seq_len; raise seq_len")
     return TokenBlocks(train, test, train_labels, test_labels)

@@ -13,6 +13,7 @@ performance back to the participants with the next round's RoundInfo.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -431,6 +432,10 @@ class Server:
                 # summed statistics where the metrics have them (exact), else weighted means
                 for k, v in report(combine(answers)).items():
                     record[f"federated_{k}"] = v
+                if "federated_perplexity" in record:  # exp of the pooled token loss, not a
+                    # mean of perplexities: a language model's participants weigh their loss
+                    # by the tokens they predicted
+                    record["federated_perplexity"] = math.exp(record["federated_loss"])
         self.feedback = {
             k: float(v)
             for k, v in record.items()

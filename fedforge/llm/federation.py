@@ -1,0 +1,303 @@
+"""A language-model federation as an ordinary config: ``[model] name = "causal_lm"`` with
+its ``[model.lora]`` adapter, and sites' text as ``[data] dataset = "instructions"`` (JSONL
+of instruction/response pairs or chat messages) or ``"lm_text"`` (plain text packed into
+blocks).
+
+```toml
+[model]
+name = "causal_lm"
+source = "smollm2"          # the packaged SmolLM2-135M-Instruct; or a folder, a .gguf, "tiny"
+[model.lora]
+rank = 8
+target_modules = ["q_proj", "v_proj"]
+
+[data]
+dataset = "instructions"
+system = "You are a careful clinical assistant."
+seq_len = 256
+
+[client]
+optimizer = "adamw"
+lr = 1e-3
+steps = 8
+batch_size = 4
+```
+
+One base model per process (``CausalLM.load`` caches it): every simulated site shares it,
+and only the adapter's tensors travel. The sites' rows never leave them; before round 1
+each reports only how many examples it holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fedforge.components import ConfigError, Declaration, register
+from fedforge.data.federated import ClientData
+from fedforge.data.files import Table
+from fedforge.data.site_data import SiteData, SiteDataError, Stats, key, split_rows, unkey
+from fedforge.llm.adapters import LoraSpec, attach_lora, check_targets
+from fedforge.llm.instruct import Exchange, example_tensors, has_chat_template
+from fedforge.llm.text import TokenBlocks, participant_blocks
+
+__all__ = ["CausalLM", "Instructions", "LMText", "LoraSection", "TokenData"]
+
+log = logging.getLogger(__name__)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraSection(_Strict):
+    """``[model.lora]``: the adapter every site trains; only its tensors travel. ``ffa``:
+    FFA-LoRA (A frozen at its seeded start, only B trains and travels)."""
+
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "v_proj"]
+    ffa: bool = False
+    seed: int = 0
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one linear module, e.g. q_proj")
+        return v
+
+    def spec(self) -> LoraSpec:
+        return LoraSpec(
+            self.rank, self.alpha, self.dropout, tuple(self.target_modules), not self.ffa, self.seed
+        )
+
+
+class TinySection(_Strict):
+    """``source = "tiny"``: a randomly initialised Llama with a byte tokenizer (tests)."""
+
+    hidden_size: int = Field(32, ge=4)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(64, ge=4)
+    seed: int = 0
+
+
+_LOADED: dict[str, tuple[Any, Any]] = {}  # one base per process, by its declaration
+
+
+@register("model", "causal_lm")
+class CausalLM(Declaration):
+    """A pretrained causal language model with a LoRA adapter (see the module's doc)."""
+
+    name: Literal["causal_lm"] = "causal_lm"
+    source: str = "smollm2"
+    gguf_file: str | None = None
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    quantize: Literal["none", "4bit", "8bit"] = "none"
+    tiny: TinySection = TinySection()
+    lora: LoraSection = LoraSection()
+
+    def target_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def check(self) -> None:
+        """What can be refused before anything loads."""
+        if self.quantize != "none":
+            if self.target_device().type != "cuda":
+                raise ConfigError(
+                    f"model.quantize = {self.quantize!r} needs a CUDA GPU (bitsandbytes "
+                    "quantizes on the GPU only); this machine has none: set quantize = 'none'"
+                )
+            raise ConfigError(
+                f"model.quantize = {self.quantize!r}: quantized bases are not built yet; "
+                "use quantize = 'none' with dtype = 'bfloat16' on a GPU"
+            )
+        if self.target_device().type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"model.device = {self.device!r}: no CUDA device here")
+
+    def load(self) -> tuple[Any, Any]:
+        """``(peft model, tokenizer)``: the base with the adapter attached, once per process."""
+        k = self.model_dump_json()
+        if k in _LOADED:
+            return _LOADED[k]
+        self.check()
+        dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
+        if self.source == "tiny":
+            from fedforge.llm.tiny import byte_tokenizer, tiny_llama
+
+            t = self.tiny
+            base = tiny_llama(
+                hidden_size=t.hidden_size,
+                layers=t.layers,
+                heads=t.heads,
+                intermediate_size=t.intermediate_size,
+                seed=t.seed,
+            )
+            tokenizer = byte_tokenizer()
+        else:
+            from fedforge.llm.loading import load_causal_lm, smollm2_gguf
+
+            src = str(smollm2_gguf()) if self.source == "smollm2" else self.source
+            base, tokenizer = load_causal_lm(src, gguf_file=self.gguf_file, dtype=dtype)
+        try:
+            check_targets(base, self.lora.spec())
+        except ValueError as exc:
+            raise ConfigError(f"model.lora.target_modules: {exc}") from None
+        model = attach_lora(base, self.lora.spec()).to(self.target_device())
+        _LOADED[k] = (model, tokenizer)
+        return model, tokenizer
+
+    def build(self, input_shape: Any, num_classes: Any) -> Any:
+        raise ConfigError(
+            "model.name = 'causal_lm' trains on token data: use [data] dataset = "
+            "'instructions' or 'lm_text'"
+        )
+
+
+# --- the sites' text ------------------------------------------------------------------------
+
+
+class TokenData(SiteData):
+    """Site data that becomes token blocks for a ``causal_lm`` (needs its tokenizer)."""
+
+    seq_len: int = Field(256, ge=8)
+    eval_fraction: float = Field(0.2, gt=0, lt=1)
+    max_train: int | None = Field(None, ge=1)
+    max_held_out: int | None = Field(None, ge=1)
+
+    def examples(self, table: Table) -> int:
+        raise NotImplementedError
+
+    def blocks(self, table: Table, tokenizer: Any, seed: int, site: str) -> TokenBlocks:
+        raise NotImplementedError
+
+    def local_stats(self, table: Table, seed: int, site: str) -> Stats:
+        return {key("n"): float(self.examples(table))}  # every row checked, none sent
+
+    def preprocessing(self, stats: Stats) -> dict[str, Any]:
+        return {"rows": int(sum(v for k, v in stats.items() if unkey(k)[0] == "n"))}
+
+    def shape(self, prep: Mapping[str, Any]) -> tuple[tuple[int, ...], int | None]:
+        return (self.seq_len,), None
+
+    def client_data(
+        self, table: Table, prep: Mapping[str, Any], seed: int, site: str
+    ) -> ClientData:
+        raise SiteDataError("token data needs the model's tokenizer: use blocks()")
+
+
+@register("dataset", "instructions")
+class Instructions(TokenData):
+    """JSONL rows of ``instruction`` (+ optional ``input``) and ``response``, or of chat
+    ``messages`` (``[{role, content}, ...]``, the last one the assistant's reply to learn),
+    rendered with the tokenizer's chat template under the federation's ``system`` prompt
+    (a ``system`` message in a row replaces it). Loss on the replies only."""
+
+    dataset: Literal["instructions"] = "instructions"
+    system: str = "You are a helpful assistant."
+    instruction: str = "instruction"
+    input: str = "input"
+    response: str = "response"
+    messages: str = "messages"
+
+    def _exchange(self, table: Table, i: int) -> Exchange:
+        row = dict(zip(table.columns, table.rows[i], strict=True))
+        msgs = row.get(self.messages)
+        if msgs:
+            if not isinstance(msgs, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role")
+                for m in msgs
+            ):
+                raise SiteDataError(
+                    f"{table.where(i)}: {self.messages!r} must be a list of "
+                    '{"role": ..., "content": "..."}'
+                )
+            turns = [(str(m["role"]), str(m["content"])) for m in msgs]
+            system = self.system
+            if turns[0][0] == "system":
+                system, turns = turns[0][1], turns[1:]
+            if len(turns) < 2 or turns[-1][0] != "assistant" or turns[-2][0] != "user":
+                raise SiteDataError(
+                    f"{table.where(i)}: {self.messages!r} must end with a user turn and the "
+                    "assistant's reply to learn"
+                )
+            return Exchange(system, turns[-2][1], turns[-1][1], context=tuple(turns[:-2]))
+        ins, out = row.get(self.instruction), row.get(self.response)
+        if (
+            not isinstance(ins, str)
+            or not ins.strip()
+            or not isinstance(out, str)
+            or not out.strip()
+        ):
+            have = sorted(k for k, v in row.items() if v is not None)
+            raise SiteDataError(
+                f"{table.where(i)}: needs text fields {self.instruction!r} and "
+                f"{self.response!r} (or {self.messages!r}); this row has {have}"
+            )
+        extra = row.get(self.input)
+        cue = f"{ins}\n\n{extra}" if isinstance(extra, str) and extra.strip() else ins
+        return Exchange(self.system, cue, out)
+
+    def examples(self, table: Table) -> int:
+        for i in range(len(table)):
+            self._exchange(table, i)
+        return len(table)
+
+    def blocks(self, table: Table, tokenizer: Any, seed: int, site: str) -> TokenBlocks:
+        if not has_chat_template(tokenizer):
+            log.info(
+                "the tokenizer has no chat template: using a plain ### System/Instruction/Response frame"
+            )
+        train, held = split_rows(len(table), self.eval_fraction, seed, site)
+        tr = [self._exchange(table, i) for i in train.tolist()][: self.max_train]
+        te = [self._exchange(table, i) for i in held.tolist()][: self.max_held_out]
+        x, y = example_tensors(tokenizer, tr, self.seq_len)
+        hx, hy = example_tensors(tokenizer, te, self.seq_len)
+        if len(x) == 0 or len(hx) == 0:
+            raise SiteDataError(
+                f"site {site}: no example keeps a reply token within data.seq_len = "
+                f"{self.seq_len}; raise it"
+            )
+        return TokenBlocks(x, hx, y, hy)
+
+
+@register("dataset", "lm_text")
+class LMText(TokenData):
+    """Plain text (a ``.txt`` file, or the ``text`` field of JSONL / CSV rows, joined)
+    packed into blocks of ``seq_len`` tokens; the last ``eval_fraction`` of it held out."""
+
+    dataset: Literal["lm_text"] = "lm_text"
+    text: str = "text"
+
+    def _text(self, table: Table) -> str:
+        col = table.index(self.text)
+        parts = [r[col] for r in table.rows if isinstance(r[col], str) and r[col].strip()]
+        if not parts:
+            raise SiteDataError(f"{table.path}: no text in column {self.text!r}")
+        return "\n\n".join(parts)
+
+    def examples(self, table: Table) -> int:
+        self._text(table)
+        return len(table)
+
+    def blocks(self, table: Table, tokenizer: Any, seed: int, site: str) -> TokenBlocks:
+        try:
+            return participant_blocks(
+                tokenizer,
+                self._text(table),
+                self.seq_len,
+                held_out=self.eval_fraction,
+                max_train_blocks=self.max_train,
+                max_held_out_blocks=self.max_held_out,
+            )
+        except ValueError as exc:
+            raise SiteDataError(f"site {site}: {exc}") from None
