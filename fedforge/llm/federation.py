@@ -88,7 +88,8 @@ class TinySection(_Strict):
     seed: int = 0
 
 
-_LOADED: dict[str, tuple[Any, Any]] = {}  # one base per process, by its declaration
+# one base per process, by its declaration: (peft model, tokenizer, the adapter's start)
+_LOADED: dict[str, tuple[Any, Any, dict[str, torch.Tensor]]] = {}
 
 
 @register("model", "causal_lm")
@@ -125,10 +126,16 @@ class CausalLM(Declaration):
             raise ConfigError(f"model.device = {self.device!r}: no CUDA device here")
 
     def load(self) -> tuple[Any, Any]:
-        """``(peft model, tokenizer)``: the base with the adapter attached, once per process."""
+        """``(peft model, tokenizer)``: the base with the adapter attached, loaded once per
+        process; every call returns the adapter at its seeded start (a federation built
+        after another one in this process starts where a fresh process would)."""
+        from fedforge.llm.adapters import adapter_params, load_adapter
+
         k = self.model_dump_json()
         if k in _LOADED:
-            return _LOADED[k]
+            model, tokenizer, start = _LOADED[k]
+            load_adapter(model, start)
+            return model, tokenizer
         self.check()
         dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
         if self.source == "tiny":
@@ -153,7 +160,8 @@ class CausalLM(Declaration):
         except ValueError as exc:
             raise ConfigError(f"model.lora.target_modules: {exc}") from None
         model = attach_lora(base, self.lora.spec()).to(self.target_device())
-        _LOADED[k] = (model, tokenizer)
+        start = {n: t.clone() for n, t in adapter_params(model, travelling_only=False).items()}
+        _LOADED[k] = (model, tokenizer, start)
         return model, tokenizer
 
     def build(self, input_shape: Any, num_classes: Any) -> Any:

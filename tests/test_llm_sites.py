@@ -1,0 +1,154 @@
+"""Language-model federations from config: hospitals with their own instruction JSONL,
+a tiny randomly initialised Llama, LoRA adapters the only tensors that travel; simulated
+and deployed over mutual TLS alike; bad input refused before training."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedforge import config as C
+from fedforge.experiment import build
+
+pytest.importorskip("peft")
+
+HOSPITALS = ("h_a", "h_b", "h_c")
+WORDS = "fever cough rash pain dose tablet rest water clinic nurse doctor triage".split()
+
+
+def write_hospitals(folder: Path, tls: str | None = None, rounds: int = 2) -> Path:
+    rng = random.Random(0)
+    for h in HOSPITALS:
+        with (folder / f"{h}.jsonl").open("w") as f:
+            for i in range(24):
+                q = " ".join(rng.choice(WORDS) for _ in range(4))
+                advice = f"Advise {rng.choice(WORDS)} and {rng.choice(WORDS)}."
+                if i % 3:
+                    f.write(
+                        json.dumps({"instruction": f"Patient reports {q}.", "response": advice})
+                    )
+                else:  # chat rows mix with pairs
+                    msgs = [{"role": "user", "content": f"Patient reports {q}."},
+                            {"role": "assistant", "content": advice}]  # fmt: skip
+                    f.write(json.dumps({"messages": msgs}))
+                f.write("\n")
+        tls_line = f'certs = "{tls}"' if tls else "insecure = true"
+        (folder / f"{h}.toml").write_text(
+            f'id = "{h}"\n[data]\npath = "{h}.jsonl"\n[tls]\n{tls_line}\n'
+        )
+    fed = folder / "federation.toml"
+    fed.write_text(
+        f"""name = "hospitals"
+[model]
+name = "causal_lm"
+source = "tiny"
+[model.lora]
+rank = 4
+[data]
+dataset = "instructions"
+system = "You are a careful clinical assistant."
+seq_len = 160
+[client]
+optimizer = "adamw"
+lr = 0.01
+steps = 3
+batch_size = 4
+[server]
+rounds = {rounds}
+[run]
+dir = "{folder / "runs"}"
+[federation]
+sites = ["h_a.toml", "h_b.toml", "h_c.toml"]
+"""
+    )
+    return fed
+
+
+def test_a_hospital_federation_simulates_on_adapters_only(tmp_path: Path) -> None:
+    sim = build(C.load(write_hospitals(tmp_path)))
+    assert sorted(sim.clients) == list(HOSPITALS)
+    assert all("lora_" in k for k in sim.server.params)  # only the adapter is the state
+    history = list(sim.server.run(sim.clients, 2, backend=sim.backend, progress=False))
+    import math
+
+    for r in history:  # exp of the pooled token loss, not a mean of perplexities
+        assert r["federated_perplexity"] == pytest.approx(math.exp(r["federated_loss"]))
+    assert history[-1]["federated_loss"] < history[0]["federated_loss"]
+
+
+def test_the_system_prompt_is_the_federations_and_replies_carry_the_loss(tmp_path: Path) -> None:
+    from fedforge.data.files import read_table
+    from fedforge.llm.federation import Instructions
+    from fedforge.llm.text import IGNORE
+    from fedforge.llm.tiny import byte_tokenizer
+
+    write_hospitals(tmp_path)
+    data = Instructions(system="You are a careful clinical assistant.", seq_len=160)
+    tok = byte_tokenizer()
+    blocks = data.blocks(read_table(tmp_path / "h_a.jsonl"), tok, 0, "h_a")
+    first = tok.decode(blocks.train[0].tolist())
+    assert "You are a careful clinical assistant." in first and "Shakespeare" not in first
+    labelled = blocks.train_labels[0] != IGNORE  # type: ignore[index]
+    reply = tok.decode(blocks.train[0][labelled].tolist())
+    assert reply.startswith("Advise ") and "Patient" not in reply
+
+
+def test_bad_language_model_input_is_refused_before_training(tmp_path: Path) -> None:
+    fed = write_hospitals(tmp_path)
+    with (tmp_path / "h_b.jsonl").open("a") as f:
+        f.write(json.dumps({"prompt": "no instruction field", "response": "x"}) + "\n")
+    with pytest.raises(C.ConfigError, match=r"h_b.jsonl line 25: needs text fields 'instruction'"):
+        build(C.load(fed))
+    fed = write_hospitals(tmp_path)
+    with pytest.raises(C.ConfigError, match="model.lora.target_modules"):
+        build(C.load(fed, ["model.lora.target_modules=[w_qkv]"]))
+    with pytest.raises(C.ConfigError, match="needs a CUDA GPU"):
+        build(C.load(fed, ["model.quantize=4bit", "model.device=cpu"]))
+    with pytest.raises(C.ConfigError, match="no example keeps a reply token"):
+        build(C.load(fed, ["data.seq_len=40"]))
+    with pytest.raises(C.ConfigError, match="trains on token data"):
+        C.load(fed, ["data={dataset: table, label: y}"])
+
+
+def test_hospitals_over_mutual_tls_equal_the_simulation(tmp_path: Path) -> None:
+    from grpc_helpers import read_port
+
+    fed = write_hospitals(tmp_path, tls="certs")
+    run = [sys.executable, "-m", "fedforge.cli"]
+    out = subprocess.run([*run, "certs", "certs", "--config", str(fed)], cwd=tmp_path, timeout=60)
+    assert out.returncode == 0
+    env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    import os
+
+    env = dict(os.environ, **env)
+    logs = {n: open(tmp_path / f"{n}.log", "wb") for n in ("server", *HOSPITALS)}  # noqa: SIM115
+    server = subprocess.Popen(
+        [*run, "server", str(fed), "--certs", "certs", "--port-file", "port", "--no-progress"],
+        cwd=tmp_path, stdout=logs["server"], stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    procs = []
+    try:
+        port = read_port(tmp_path / "port")
+        for h in HOSPITALS:
+            procs.append(subprocess.Popen(
+                [*run, "client", "--site", f"{h}.toml", "--server", f"localhost:{port}"],
+                cwd=tmp_path, stdout=logs[h], stderr=subprocess.STDOUT, env=env,
+            ))  # fmt: skip
+        codes = [server.wait(timeout=240)] + [p.wait(timeout=60) for p in procs]
+    finally:
+        for p in [server, *procs]:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0, 0, 0, 0], (tmp_path / "server.log").read_text()[-3000:]
+    run_dir = next((tmp_path / "runs").iterdir())
+    deployed = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    sim = build(C.load(fed))
+    simulated = list(sim.server.run(sim.clients, 2, backend=sim.backend, progress=False))
+    for d, s in zip(deployed, simulated, strict=True):
+        assert d["federated_loss"] == pytest.approx(s["federated_loss"], rel=1e-5)
+        assert d["bytes_up"] == s["bytes_up"]  # the adapter, both ways
