@@ -18,7 +18,20 @@ from fedforge.experiment import build
 pytest.importorskip("peft")
 
 HOSPITALS = ("h_a", "h_b", "h_c")
-WORDS = "fever cough rash pain dose tablet rest water clinic nurse doctor triage".split()
+WORDS = [
+    "fever",
+    "cough",
+    "rash",
+    "pain",
+    "dose",
+    "tablet",
+    "rest",
+    "water",
+    "clinic",
+    "nurse",
+    "doctor",
+    "triage",
+]
 
 
 def write_hospitals(folder: Path, tls: str | None = None, rounds: int = 2) -> Path:

@@ -14,6 +14,7 @@ _METRICS = {
     "mse": "mse",
     "mae": "mae",
     "r2": "r2",
+    "perplexity": "ppl",
 }
 _COLUMNS = {  # record key -> short column header
     "round": "round",
