@@ -271,7 +271,7 @@ def build_llm(cfg: C.ExperimentConfig) -> Simulation:
     from fedforge.config.site import load_site
     from fedforge.data.site_data import SiteDataError, merge_stats
     from fedforge.llm.adapters import adapter_params
-    from fedforge.llm.federation import TokenData
+    from fedforge.llm.federation import AdapterFolder, TokenData
 
     data = cfg.data
     assert isinstance(data, TokenData)
@@ -297,6 +297,7 @@ def build_llm(cfg: C.ExperimentConfig) -> Simulation:
     )
     task = evaluation_task(cfg.evaluation, None)
     server = build_server(cfg, fd, model, task, clients, initial=adapter_params(model))
+    server.plugins.append(AdapterFolder(model))  # each checkpoint holds a PEFT folder
     return Simulation(cfg, fd, model, task, clients, server, make_backend(cfg.backend), prep)
 
 

@@ -12,6 +12,7 @@ is registered automatically.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -64,6 +65,11 @@ class Plugin:
 
     def after_round(self, server: ServerView, record: Record) -> None:
         """Called after the round's fit (and evaluation, if any); may add keys to ``record``."""
+
+    def checkpoint_files(self, server: ServerView, folder: Path) -> None:
+        """Write files of this plugin's own into a checkpoint's ``folder`` while it is
+        written (before the checkpoint appears under its final name), e.g. the global
+        adapter as a PEFT folder."""
 
     def state(self) -> dict[str, Any]:
         return {}

@@ -165,3 +165,47 @@ def test_hospitals_over_mutual_tls_equal_the_simulation(tmp_path: Path) -> None:
     for d, s in zip(deployed, simulated, strict=True):
         assert d["federated_loss"] == pytest.approx(s["federated_loss"], rel=1e-5)
         assert d["bytes_up"] == s["bytes_up"]  # the adapter, both ways
+
+
+def test_checkpoint_adapter_loads_in_peft_and_the_merged_export_generates(tmp_path: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fedforge.llm.adapters import adapter_params, load_adapter
+    from fedforge.llm.tiny import tiny_llama
+
+    fed = write_hospitals(tmp_path)
+    run = [sys.executable, "-m", "fedforge.cli"]
+    out = subprocess.run([*run, "simulate", str(fed), "--no-progress"], cwd=tmp_path, timeout=240)
+    assert out.returncode == 0
+    run_dir = next((tmp_path / "runs").iterdir())
+    ckpt = sorted((run_dir / "checkpoints").iterdir())[-1]
+    params = load_file(str(ckpt / "params.safetensors"))
+
+    # the PEFT folder of the checkpoint holds the global adapter
+    peft = PeftModel.from_pretrained(tiny_llama(seed=0), str(ckpt / "adapter"))
+    got = adapter_params(peft, travelling_only=False)  # loaded for inference: none trains
+    assert got.keys() == params.keys()
+    assert all(torch.equal(got[k], params[k]) for k in params)
+
+    # merged: the same predictions as base + adapter, loadable by transformers alone
+    merged_dir = tmp_path / "merged"
+    out = subprocess.run(
+        [*run, "export", str(run_dir), "--merge", str(merged_dir)], cwd=tmp_path, timeout=120
+    )
+    assert out.returncode == 0
+    merged = AutoModelForCausalLM.from_pretrained(str(merged_dir))
+    tok = AutoTokenizer.from_pretrained(str(merged_dir))
+    ids = torch.tensor([tok.encode("Patient reports fever.")])
+    load_adapter(peft, params)
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, peft(ids).logits, atol=1e-5)
+        new = merged.generate(ids, max_new_tokens=5, do_sample=False)
+    assert new.shape[1] == ids.shape[1] + 5
+    again = subprocess.run(
+        [*run, "export", str(run_dir), "--merge", str(merged_dir)],
+        cwd=tmp_path, timeout=120, capture_output=True, text=True,
+    )  # fmt: skip
+    assert again.returncode == 2 and "never overwrites" in again.stderr

@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from fedforge.cli import deploy, new, simulate
+from fedforge.cli import deploy, export, new, simulate
 from fedforge.dashboard import command as dashboard
 
 _EXAMPLE = """examples:
@@ -24,6 +24,7 @@ _EXAMPLE = """examples:
   fedforge simulate --resume runs/fashion-mnist-cnn-20261125-101500
   fedforge show runs/fashion-mnist-cnn-20261125-101500
   fedforge dashboard runs/fashion-mnist-cnn-20261125-101500
+  fedforge export runs/hospitals-20261208-101500 --merge merged/   # a language-model run
 """
 
 
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_parsers(sub)  # simulate, show
     deploy.add_parsers(sub)  # server, client, certs, status
     dashboard.add_parser(sub)
+    export.add_parser(sub)
     return p
 
 

@@ -376,6 +376,10 @@ def _site_server(
     server = build_server(
         cfg, fd, model, task, registry, population=registry, secagg_channel=channel, initial=initial
     )
+    if is_llm(cfg):
+        from fedforge.llm.federation import AdapterFolder
+
+        server.plugins.append(AdapterFolder(model))  # each checkpoint holds a PEFT folder
     backend.options["federation"] = federation_doc(cfg, prep)
     return server, prep
 

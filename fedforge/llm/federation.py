@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -44,8 +45,9 @@ from fedforge.data.site_data import SiteData, SiteDataError, Stats, key, split_r
 from fedforge.llm.adapters import LoraSpec, attach_lora, check_targets
 from fedforge.llm.instruct import Exchange, example_tensors, has_chat_template
 from fedforge.llm.text import TokenBlocks, participant_blocks
+from fedforge.plugins import Plugin, ServerView
 
-__all__ = ["CausalLM", "Instructions", "LMText", "LoraSection", "TokenData"]
+__all__ = ["AdapterFolder", "CausalLM", "Instructions", "LMText", "LoraSection", "TokenData"]
 
 log = logging.getLogger(__name__)
 
@@ -309,3 +311,20 @@ class LMText(TokenData):
             )
         except ValueError as exc:
             raise SiteDataError(f"site {site}: {exc}") from None
+
+
+class AdapterFolder(Plugin):
+    """Writes the global adapter into every checkpoint as ``adapter/``, a PEFT folder
+    (``adapter_config.json``, ``adapter_model.safetensors``) that
+    ``PeftModel.from_pretrained(base, folder)`` loads."""
+
+    name = "adapter_folder"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def checkpoint_files(self, server: ServerView, folder: Path) -> None:
+        from fedforge.llm.adapters import load_adapter
+
+        load_adapter(self.model, server.params)
+        self.model.save_pretrained(str(folder / "adapter"))

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,14 @@ def _join_optimizer_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> d
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save(folder: Path, ckpt: Checkpoint, keep: int | None = None) -> Path:
-    """Write ``ckpt`` under ``folder/round_NNNNNN`` atomically; keep the newest ``keep``."""
+def save(
+    folder: Path,
+    ckpt: Checkpoint,
+    keep: int | None = None,
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write ``ckpt`` under ``folder/round_NNNNNN`` atomically; keep the newest ``keep``.
+    ``extra(tmp)`` adds files to the checkpoint before it takes its final name."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"round_{ckpt.round:06d}"
     tmp = folder / f".tmp_round_{ckpt.round:06d}_{os.getpid()}"
@@ -67,6 +74,8 @@ def save(folder: Path, ckpt: Checkpoint, keep: int | None = None) -> Path:
     opt_tensors, opt_meta = _split_optimizer_state(ckpt.optimizer_state)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     save_file(ckpt.client_state, str(tmp / "client_state.safetensors"))
+    if extra is not None:
+        extra(tmp)
     doc = {"round": ckpt.round, "optimizer": opt_meta, "state": ckpt.state}
     with open(tmp / "state.json", "w") as f:
         json.dump(doc, f)

@@ -442,6 +442,10 @@ class Server:
             if k.startswith(("central_", "federated_")) and isinstance(v, float | int)
         }
 
+    def _plugin_files(self, folder: Path) -> None:
+        for p in self.plugins:
+            p.checkpoint_files(self, folder)
+
     # --- the loop ------------------------------------------------------------------------
 
     def run(
@@ -487,7 +491,12 @@ class Server:
                     if self.stopped is not None:
                         log.warning("stopping before round %d: %s", self.round + 1, self.stopped)
                         if rd is not None:
-                            ckpts.save(rd.checkpoints, self.checkpoint(), keep_checkpoints)
+                            ckpts.save(
+                                rd.checkpoints,
+                                self.checkpoint(),
+                                keep_checkpoints,
+                                self._plugin_files,
+                            )
                         break
                     record = self.fit_round(clients, backend)
                     t0 = time.perf_counter()
@@ -500,7 +509,12 @@ class Server:
                     if rd is not None:
                         rd.log_round(record)
                         if self.round % checkpoint_every == 0 or self.round == rounds:
-                            ckpts.save(rd.checkpoints, self.checkpoint(), keep_checkpoints)
+                            ckpts.save(
+                                rd.checkpoints,
+                                self.checkpoint(),
+                                keep_checkpoints,
+                                self._plugin_files,
+                            )
                     bar.update(1)
                     bar.set_postfix(_postfix(record), refresh=False)
                     done_here += 1
