@@ -378,7 +378,11 @@ def build_server(
                 if s.central_eval and fd.test is not None
                 else None
             ),
-            eval_plan=EvalPlan(every=s.eval_every, federated=fed),
+            eval_plan=EvalPlan(
+                every=s.eval_every,
+                federated=fed,
+                before=s.eval_before if s.eval_before is not None else is_llm(cfg),
+            ),
             algorithm=algorithm(cfg),
             pipeline=build_pipeline(cfg.compression.uplink, "compression.uplink"),
             broadcast=(

@@ -88,6 +88,8 @@ class ServerConfig(_Strict):
     update_norm_bound: float | None = Field(None, gt=0, allow_inf_nan=False)
     optimizer: ServerOptConfig = _default("server_optimizer", "fedavg")
     eval_every: int = Field(1, ge=1)
+    # evaluate the starting model too, as round 0 (None: for language models only)
+    eval_before: bool | None = None
     central_eval: bool = True
     federated_eval_clients: int | None = Field(None, ge=1)
 

@@ -96,6 +96,7 @@ class EvalPlan:
 
     every: int = 1  # evaluate after every k-th round (and always after the last)
     federated: Sampler | None = None  # participants to evaluate on; None: no federated eval
+    before: bool = False  # also evaluate the starting model, as round 0 of a fresh run
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -480,6 +481,12 @@ class Server:
         self.participants = Participants(clients, self.plan)
         self.participants.load_state_tensors(self._stack_state)
         backend.start(self.participants)  # every backend runs each participant's whole stack
+        if self.eval_plan.before and self.round == 0 and not len(self.history):
+            start: Record = {"round": 0}  # the model before any training, the baseline
+            self.evaluate_round(self.participants, backend, start)
+            self.history.append(start)
+            if rd is not None:
+                rd.log_round(start)
         done_here = 0
         bar = tqdm(
             total=rounds, initial=self.round, desc="rounds", unit="round", disable=not progress
