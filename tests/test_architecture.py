@@ -27,8 +27,6 @@ FLOORS: list[tuple[str, ...]] = [
 ALLOWED_UP: dict[tuple[str, str], str] = {
     ("backends.grpc_backend", "transport"): "the gRPC carrier is a backend over the wire's "
     "registry; moving the registry below backends is left for later",
-    ("llm.deploy", "transport"): "the LLM participant entry point (to be replaced by "
-    "fedforge client --site)",
 }
 
 

@@ -4,17 +4,21 @@ gRPC deployment, on a tiny random Llama whose participants are ``LLMClient``s.""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
-import os
-import subprocess
-import sys
 import threading
 
 import pytest
 import torch
 
 pytest.importorskip("peft")
+
+from llm_helpers import (  # noqa: E402
+    LLMParticipantConfig,
+    initial_adapter,
+    participants,
+    serve,
+)
 
 import fedforge as ff  # noqa: E402
 from fedforge.aggregate import WeightedMean  # noqa: E402
@@ -23,12 +27,6 @@ from fedforge.client.types import EvalResult, FitResult, RoundInfo  # noqa: E402
 from fedforge.data.plays import parse_plays  # noqa: E402
 from fedforge.llm import adapter_params, model_bytes  # noqa: E402
 from fedforge.llm.client import LLMClient  # noqa: E402
-from fedforge.llm.deploy import (  # noqa: E402
-    LLMParticipantConfig,
-    initial_adapter,
-    participants,
-    serve,
-)
 from fedforge.params import Params, clone, l2_norm, num_bytes  # noqa: E402
 from fedforge.plugins import Plugin  # noqa: E402
 from fedforge.privacy import DPFedAvg, PoissonSampling, PrivacyAccountant, epsilon  # noqa: E402
@@ -419,54 +417,56 @@ def test_ffa_lora_sends_only_b(texts):
 
 
 def test_llm_participants_over_grpc_end_like_the_sequential_simulation(texts, tmp_path):
+    """The same federation twice: Sequential in this process, and over a real gRPC socket
+    with the participants as threads on their own shared model. (Separate participant
+    processes with their own files: tests/test_llm_sites.py.)"""
     from fedforge.backends.grpc_backend import GrpcBackend
-    from fedforge.transport import Quorum, Registry, TransportServer
+    from fedforge.transport import Backoff, Quorum, Registry, TransportServer
 
     ids = sorted(texts)[:3]
     mine = {cid: texts[cid] for cid in ids}
     cfg_path = tmp_path / "llm.json"
     CONFIG.save(cfg_path)
     assert LLMParticipantConfig.load(cfg_path) == CONFIG
-    text_args = {}
-    for i, cid in enumerate(ids):
-        path = tmp_path / f"participant{i}.txt"
-        path.write_text(mine[cid], encoding="utf-8")
-        text_args[cid] = f"--text={cid}={path}"
 
-    # The same federation in this process, Sequential backend, one thread (run while the
-    # participant process starts).
     start = initial_adapter(CONFIG)
     model, clients = participants(CONFIG, mine)
     sim = ff.Server(start, sampler=ff.Sampler(per_round=len(ids), seed=0), seed=0)
+    torch.set_num_threads(1)
+    sim_history = sim.run(clients, 2, backend=Sequential(threads=1), progress=False)
 
     registry = Registry(ids)
     transport = TransportServer(registry, insecure=True).start()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    out, log = tmp_path / "participants.out", tmp_path / "participants.log"
-    cmd = [sys.executable, "-m", "fedforge.llm.deploy", "--server", transport.address]
-    cmd += ["--config", str(cfg_path), "--insecure", "--max-attempts", "30", *text_args.values()]
-    # One participant process serving all three on one shared model, as `fedforge client`
-    # serves several ids; the server and the simulation live in this process.
-    with out.open("wb") as o, log.open("wb") as e:
-        proc = subprocess.Popen(cmd, stdout=o, stderr=e, env=env, start_new_session=True)
+    stop = threading.Event()
+    served: dict[str, object] = {}
+
+    def participants_thread() -> None:
+        served["stats"], served["errors"] = serve(
+            CONFIG,
+            transport.address,
+            mine,
+            insecure=True,
+            backoff=Backoff(first=0.1, cap=1.0, attempts=100),
+            stop=stop,
+        )
+
+    thread = threading.Thread(target=participants_thread)
+    thread.start()
     try:
-        sim_history = sim.run(clients, 2, backend=Sequential(threads=1), progress=False)
         quorum = Quorum(registry, len(ids), timeout=120)
         server = ff.Server(
             start, sampler=ff.Sampler(per_round=len(ids), seed=0), plugins=[quorum], seed=0
         )
-        why = quorum.gather(server)
-        assert why is None, (why, log.read_text()[-3000:])
+        assert quorum.gather(server) is None
         backend = GrpcBackend(registry, round_timeout=120)
         history = server.run(registry, 2, backend=backend, progress=False)
-        proc.wait(timeout=60)  # told "training finished", the participants leave
+        thread.join(timeout=60)  # told "training finished", the participants leave
     finally:
+        stop.set()
         transport.stop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, log.read_text()[-3000:]
-    stats = json.loads(out.read_text().strip().splitlines()[-1])
+        thread.join(timeout=30)
+    assert served["errors"] == {}
+    stats = {cid: dataclasses.asdict(st) for cid, st in served["stats"].items()}  # type: ignore[union-attr]
 
     # Bit for bit the simulation's adapter.
     assert set(server.params) == set(sim.params) == set(start)

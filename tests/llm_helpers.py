@@ -1,37 +1,16 @@
-"""LLM participants in a deployment: an ``LLMClient`` built from a small config, served over gRPC.
+"""Test scaffolding: LLM participants on a tiny Llama from one small config, shared by the
+composition tests (DP, secure aggregation, compression, gRPC threads).
 
-``fedforge client`` builds its participants from an experiment config
-(``experiment.build``), which knows no language models. This module is the
-participant side of a federated LoRA deployment without that: a JSON
-``LLMParticipantConfig`` names the base model, the ``LoraSpec``, the packing
-and the local training, and every participant process builds from it
-
-- the same frozen base (``tiny_llama(model_seed)`` or a model folder / GGUF file
-  loaded by ``load_causal_lm``) with the same LoRA adapter (``LoraSpec.seed``),
-  ONE per process, shared by the process's participants as in simulation;
-- one ``LLMClient`` per participant over the token blocks of its own text.
-
-The server starts from ``initial_adapter(config)``: the adapter's travelling tensors,
-so only those cross the wire each way. ``serve`` connects the participants to a
-server with ``fedforge.transport.connect`` (one thread each, a lock around
-``fit``/``evaluate`` because they share the model), and::
-
-    python -m fedforge.llm.deploy --server HOST:PORT --config llm.json \\
-        --text alice=alice.txt --text bob=bob.txt --certs certs/
-
-does the same from a shell (``--insecure`` instead of ``--certs``: tests only). With
-the same config and texts, ``participants(config, texts)`` gives the simulation's
-participants, and a Sequential run of the same server ends bit-identical to the
-deployment (one torch thread on both sides).
+It was ``fedforge.llm.deploy``, a second entry point with its own JSON config; language-
+model federations now come from an ordinary config (``[model] name = "causal_lm"``) and
+``fedforge client --site`` serves them, so only what the tests use stays, here.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
-import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,7 +30,6 @@ __all__ = [
     "LLMParticipantConfig",
     "build_model",
     "initial_adapter",
-    "main",
     "participants",
     "serve",
 ]
@@ -245,69 +223,3 @@ def serve(
         stop=stop,
         seed=seed,
     )
-
-
-def _texts(specs: list[str]) -> dict[ClientId, str]:
-    out: dict[ClientId, str] = {}
-    for spec in specs:
-        cid, sep, path = spec.partition("=")
-        if not sep or not cid or not path:
-            raise ValueError(f"--text {spec!r}: expected ID=PATH")
-        if cid in out:
-            raise ValueError(f"--text: participant {cid!r} given twice")
-        out[cid] = Path(path).read_text(encoding="utf-8")
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fedforge.llm.deploy``: serve LLM participants; prints their stats as JSON."""
-    from fedforge.transport.participant import Backoff
-
-    p = argparse.ArgumentParser(
-        prog="python -m fedforge.llm.deploy",
-        description="Serve LoRA fine-tuning participants to a fedforge server over gRPC.",
-    )
-    p.add_argument("--server", required=True, metavar="HOST:PORT")
-    p.add_argument("--config", required=True, help="LLMParticipantConfig as JSON")
-    p.add_argument(
-        "--text",
-        action="append",
-        required=True,
-        metavar="ID=PATH",
-        help="a participant's id and its own text file (repeatable: one participant each)",
-    )
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--certs", metavar="DIR", help="certificates made by `fedforge certs`")
-    g.add_argument("--insecure", action="store_true", help="plain text: tests on one machine only")
-    p.add_argument("--seed", type=int, default=0, help="the federation's seed (reconnect jitter)")
-    p.add_argument("--max-attempts", type=int, default=None, help="give up after N failed joins")
-    args = p.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        config = LLMParticipantConfig.load(args.config)
-        texts = _texts(args.text)
-        stats, errors = serve(
-            config,
-            args.server,
-            texts,
-            certs=args.certs,
-            insecure=args.insecure,
-            backoff=Backoff(attempts=args.max_attempts),
-            seed=args.seed,
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"fedforge.llm.deploy: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({cid: dataclasses.asdict(s) for cid, s in stats.items()}), flush=True)
-    if errors:
-        print(f"refused or unreachable: {json.dumps(errors)}", file=sys.stderr)
-        return 3
-    return 0
-
-
-if __name__ == "__main__":
-    from fedforge.transport.participant import leave_process
-
-    leave_process(main())
