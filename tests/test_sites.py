@@ -133,11 +133,29 @@ def test_mixed_types_name_the_line_and_column(tmp_path: Path) -> None:
 
 def test_missing_cells_are_refused_unless_a_policy_says_otherwise(tmp_path: Path) -> None:
     fed = write_sites(tmp_path, missing=True)
-    _refused(fed, "is empty", "data.missing", **{"data.missing": "error"})
+    _refused(fed, "has no value", "data.missing", **{"data.missing": "error"})
     sim = build(C.load(fed, ["data.missing=drop"]))
     kept = sum(len(c.train) + len(c.test or []) for c in sim.data.clients.values())  # type: ignore[arg-type]
     total = sum(len(read_table(tmp_path / f"{s}.csv")) for s in SITES)
     assert 0 < total - kept < total // 10  # the rows with a blank cell, and only those
+
+
+def test_a_category_spelled_like_a_missing_value_is_kept_when_the_schema_says_so(
+    tmp_path: Path,
+) -> None:
+    fed = write_sites(tmp_path)
+    seg = [*COLUMNS, "segment"].index("segment")
+    for s in SITES:  # a real level "none", as German credit's other_debtors has
+        _rewrite(
+            tmp_path / f"{s}.csv",
+            lambda rows: [
+                [*r[:seg], "none" if r[seg] == "private" else r[seg], *r[seg + 1 :]] for r in rows
+            ],
+        )
+    _refused(fed, "'none'", "data.missing_values", "leave it out")
+    sim = build(C.load(fed, ['data.missing_values=[""]']))
+    assert sim.preprocessing is not None
+    assert sim.preprocessing["categories"]["segment"] == ["corporate", "none", "retail"]
 
 
 def test_a_site_empty_after_its_split_is_refused(tmp_path: Path) -> None:

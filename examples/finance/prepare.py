@@ -16,11 +16,15 @@ This gives three banks of clearly different size (about 3:2:1) and bad-loan
 rate (27 %, 31 %, 37 %), and a feature shift that is real in lending: each
 bank sees only its own kinds of loans.
 
-Every file is a CSV with a header: the 7 numeric attributes as they are, the
-13 categorical ones one-hot encoded (columns ``attribute=level``, with one
-shared set of columns at every bank), and ``label`` last: 1 = bad credit
-(the rarer class, 300 of 1,000), 0 = good. ``pooled.csv`` holds every row, for
-the centralized baseline.
+Every file is a CSV with a header: the 20 attributes as the source writes
+them (7 numbers, and 13 categories as their text levels, e.g. ``purpose`` =
+``car (new)``; a level with a comma is quoted), and ``label`` last: 1 = bad
+credit (the rarer class, 300 of 1,000), 0 = good. The categories stay raw
+because encoding them is the federation's job: ``examples/finance/federation.toml``
+lists them in ``categorical``, and the one-hot vocabulary is computed from the
+banks' category counts (``fedforge.data.table``), so a bank need not know the
+levels only another bank sees. ``pooled.csv`` holds every row, for the
+centralized baseline.
 
     python examples/finance/prepare.py --out examples/finance/data
 """
@@ -30,7 +34,6 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -50,33 +53,16 @@ def source_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "germancredit.csv"
 
 
-def slug(level: str) -> str:
-    """A category level as a column-name part: no spaces, commas or quotes."""
-    for sym, word in (("<=", " le "), (">=", " ge "), ("<", " lt "), (">", " gt ")):
-        level = level.replace(sym, word)
-    return re.sub(r"[^0-9a-z]+", "_", level.lower()).strip("_")
-
-
 def encode(rows: list[dict[str, str]]) -> tuple[list[str], list[list[str]]]:
-    """Numeric attributes as they are, the others one-hot, then the 0/1 label."""
+    """Every attribute as the source writes it, then the 0/1 label."""
     attrs = [a for a in rows[0] if a != LABEL]
-    numeric = {a for a in attrs if all(r[a].isdigit() for r in rows)}
-    levels = {a: sorted({r[a] for r in rows}) for a in attrs if a not in numeric}
-    header = []
-    for a in attrs:
-        if a in numeric:
-            header.append(a)
-        else:
-            names = [f"{a}={slug(v)}" for v in levels[a]]
-            assert len(set(names)) == len(names), f"two levels of {a} share a column name"
-            header += names
     table = []
     for r in rows:
-        out = []
-        for a in attrs:
-            out += [r[a]] if a in numeric else ["1" if r[a] == v else "0" for v in levels[a]]
-        table.append(out + ["1" if r[LABEL] == BAD else "0"])
-    return header + ["label"], table
+        cells = [r[a] for a in attrs]
+        # a reader strips cells, so a level must not start or end with a space to come back as written
+        assert all(c == c.strip() and c for c in cells), f"a cell of {r} is blank or padded"
+        table.append([*cells, "1" if r[LABEL] == BAD else "0"])
+    return [*attrs, "label"], table
 
 
 def bank_of(purpose: str) -> str:

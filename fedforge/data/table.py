@@ -3,10 +3,12 @@ JSONL, Parquet or a saved Hugging Face dataset (``fedforge.data.files``).
 
 The federation states the schema: the ``label`` column, the ``features`` (empty: every
 other column), which of them are ``categorical`` (one-hot over the federation's
-vocabulary), how ``missing`` cells are handled (``error``: refuse, naming the line;
-``drop``: skip the row; ``impute``: the federation's mean for a number, a ``<missing>``
-category for a category; a missing label always drops the row unless ``error``), and
-whether numbers are ``standardize``d with the federation's mean and deviation. All of
+vocabulary), which cells count as missing (``missing_values``, compared case-insensitively:
+by default the usual spellings of "no value" such as ``NA`` and ``none``; a federation
+whose categories include a real level ``none`` lists fewer), how ``missing`` cells are
+handled (``error``: refuse, naming the line; ``drop``: skip the row; ``impute``: the
+federation's mean for a number, a ``<missing>`` category for a category; a missing label
+always drops the row unless ``error``), and whether numbers are ``standardize``d with the federation's mean and deviation. All of
 that is computed from the sites' sums (``fedforge.data.site_data``), never from pooled
 rows, and equals what the pooled rows would give.
 """
@@ -15,11 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch.utils.data import TensorDataset
 
 from fedforge.components import register
@@ -41,12 +44,13 @@ MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
 _MISSING_CATEGORY = "<missing>"
 
 
-def _is_missing(cell: Any) -> bool:
+def _is_missing(cell: Any, spellings: frozenset[str] = MISSING) -> bool:
+    """A JSON null, a NaN, or a text among ``spellings`` (lowercase, after stripping)."""
     if cell is None:
         return True
     if isinstance(cell, float) and math.isnan(cell):
         return True
-    return isinstance(cell, str) and cell.strip().lower() in MISSING
+    return isinstance(cell, str) and cell.strip().lower() in spellings
 
 
 def _text(cell: Any) -> str:
@@ -66,9 +70,22 @@ class TableData(SiteData):
     features: list[str] = []
     categorical: list[str] = []
     missing: Literal["error", "drop", "impute"] = "error"
+    missing_values: list[str] = sorted(MISSING)
     standardize: bool = True
     task: Literal["classification", "regression"] = "classification"
     eval_fraction: float = Field(0.2, ge=0, lt=1)
+
+    @field_validator("missing_values")
+    @classmethod
+    def _spelled(cls, v: list[str]) -> list[str]:
+        return sorted({s.strip().lower() for s in v})
+
+    @cached_property
+    def _spellings(self) -> frozenset[str]:
+        return frozenset(self.missing_values)
+
+    def _missing(self, cell: Any) -> bool:
+        return _is_missing(cell, self._spellings)
 
     # --- the columns ----------------------------------------------------------------
 
@@ -94,16 +111,19 @@ class TableData(SiteData):
         kept = []
         for i in rows.tolist():
             row = table.rows[i]
-            gaps = [n for n, c in zip(names, cols, strict=True) if _is_missing(row[c])]
+            gaps = [(n, c) for n, c in zip(names, cols, strict=True) if self._missing(row[c])]
             if not gaps:
                 kept.append(i)
             elif self.missing == "error":
+                name, c = gaps[0]
                 raise SiteDataError(
-                    f"{table.where(i)}: column {gaps[0]!r} is empty; data.missing = 'error' "
+                    f"{table.where(i)}: column {name!r} has no value ({row[c]!r}, one of "
+                    f"data.missing_values {self.missing_values}); data.missing = 'error' "
                     "refuses missing cells: fill them, or set data.missing = 'drop' (skip such "
-                    "rows) or 'impute' (the federation's mean or a <missing> category)"
+                    "rows) or 'impute' (the federation's mean or a <missing> category); if "
+                    f"{row[c]!r} is a real value, leave it out of data.missing_values"
                 )
-            elif self.missing == "impute" and self.label not in gaps:
+            elif self.missing == "impute" and self.label not in (n for n, _ in gaps):
                 kept.append(i)
         return kept
 
@@ -139,7 +159,7 @@ class TableData(SiteData):
             vals = [
                 self._number(table, i, c, table.rows[i][j])
                 for i in rows
-                if not _is_missing(table.rows[i][j])
+                if not self._missing(table.rows[i][j])
             ]
             arr = np.asarray(vals, dtype=np.float64)
             out[key("num", c, "count")] = float(arr.size)
@@ -149,7 +169,7 @@ class TableData(SiteData):
             j = table.index(c)
             for i in rows:
                 cell = table.rows[i][j]
-                v = _MISSING_CATEGORY if _is_missing(cell) else _text(cell)
+                v = _MISSING_CATEGORY if self._missing(cell) else _text(cell)
                 out[key("cat", c, v)] = out.get(key("cat", c, v), 0.0) + 1.0
         j = table.index(self.label)
         if self.task == "classification":
@@ -228,7 +248,7 @@ class TableData(SiteData):
             col = [table.rows[i][j] for i in rows]
             vals = np.asarray(
                 [
-                    mean[k] if _is_missing(v) else self._number(table, i, c, v)
+                    mean[k] if self._missing(v) else self._number(table, i, c, v)
                     for i, v in zip(rows, col, strict=True)
                 ],
                 np.float64,
@@ -239,7 +259,7 @@ class TableData(SiteData):
             j, pos = table.index(c), {v: n for n, v in enumerate(vocab)}
             for r, i in enumerate(rows):
                 cell = table.rows[i][j]
-                n = pos.get(_MISSING_CATEGORY if _is_missing(cell) else _text(cell))
+                n = pos.get(_MISSING_CATEGORY if self._missing(cell) else _text(cell))
                 if n is not None:  # a category no site trained on: all zeros
                     x[r, at + n] = 1.0
             at += len(vocab)
