@@ -315,8 +315,9 @@ class TextData(SiteData):
         t, y = table.index(self.text), table.index(self.label)
         kept = []
         for i in rows.tolist():
-            if _is_missing(table.rows[i][y]) or _is_missing(table.rows[i][t]):
-                continue  # an unlabelled or empty message teaches nothing
+            text, label = table.rows[i][t], table.rows[i][y]
+            if not str(text or "").strip() or not str(label if label is not None else "").strip():
+                continue  # an unlabelled or empty message teaches nothing ("NA" is a message)
             kept.append(i)
         return kept
 
