@@ -271,7 +271,7 @@ def build_llm(cfg: C.ExperimentConfig) -> Simulation:
     from fedforge.config.site import load_site
     from fedforge.data.site_data import SiteDataError, merge_stats
     from fedforge.llm.adapters import adapter_params
-    from fedforge.llm.federation import AdapterFolder, TokenData
+    from fedforge.llm.federation import AdapterFolder, TokenData, samples_plugin
 
     data = cfg.data
     assert isinstance(data, TokenData)
@@ -298,6 +298,9 @@ def build_llm(cfg: C.ExperimentConfig) -> Simulation:
     task = evaluation_task(cfg.evaluation, None)
     server = build_server(cfg, fd, model, task, clients, initial=adapter_params(model))
     server.plugins.append(AdapterFolder(model))  # each checkpoint holds a PEFT folder
+    samples = samples_plugin(cfg.evaluation, model, tokenizer, data)
+    if samples is not None:
+        server.plugins.append(samples)
     return Simulation(cfg, fd, model, task, clients, server, make_backend(cfg.backend), prep)
 
 

@@ -210,3 +210,40 @@ def test_checkpoint_adapter_loads_in_peft_and_the_merged_export_generates(tmp_pa
         cwd=tmp_path, timeout=120, capture_output=True, text=True,
     )  # fmt: skip
     assert again.returncode == 2 and "never overwrites" in again.stderr
+
+
+def test_generation_samples_each_round_in_the_run_directory(tmp_path: Path) -> None:
+    fed = write_hospitals(tmp_path)
+    sets = [
+        "evaluation.prompts=['Patient reports fever.', 'Patient reports rash.']",
+        "evaluation.max_new_tokens=12",
+        "evaluation.temperature=0.8",
+    ]
+    texts = []
+    for n in range(2):  # seeded sampling: the same words twice
+        sim = build(C.load(fed, [*sets, f"run.dir={tmp_path / f'runs{n}'}"]))
+        history = list(sim.server.run(sim.clients, 2, backend=sim.backend,
+                                      run_dir=tmp_path / f"run{n}", progress=False))  # fmt: skip
+        samples = [r["samples"] for r in history if "samples" in r]
+        assert len(samples) == 2 and all(list(s) == ["Patient reports fever.",
+                                                     "Patient reports rash."] for s in samples)  # fmt: skip
+        texts.append(samples)
+        md = (tmp_path / f"run{n}" / "samples.md").read_text()
+        assert "## round 1" in md and "## round 2" in md and "**Patient reports rash.**" in md
+    assert texts[0] == texts[1]
+    assert any(s["Patient reports fever."] for s in texts[0])  # something was generated
+
+
+def test_secure_aggregation_of_adapters_from_config(tmp_path: Path) -> None:
+    """Token data's preprocessing reports only example counts (which the weights of a
+    securely aggregated round carry anyway), so [secagg] composes with it: the masked
+    rounds end where the plain ones do, to the fixed-point step."""
+    import torch
+
+    fed = write_hospitals(tmp_path)
+    plain = build(C.load(fed))
+    plain.server.run(plain.clients, 2, backend=plain.backend, progress=False)
+    masked = build(C.load(fed, ["secagg={clip: 10.0}"]))
+    masked.server.run(masked.clients, 2, backend=masked.backend, progress=False)
+    for k, v in plain.server.params.items():
+        assert torch.allclose(masked.server.params[k], v, atol=1e-5), k

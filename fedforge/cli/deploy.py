@@ -367,7 +367,7 @@ def _site_server(
     if is_llm(cfg):  # the server's state is the adapter; the base stays frozen everywhere
         from fedforge.llm.adapters import adapter_params
 
-        model, _ = cfg.model.load()
+        model, tokenizer = cfg.model.load()
         initial = adapter_params(model)
     else:
         torch.manual_seed(cfg.seed)  # model initialisation, as in simulation
@@ -377,9 +377,12 @@ def _site_server(
         cfg, fd, model, task, registry, population=registry, secagg_channel=channel, initial=initial
     )
     if is_llm(cfg):
-        from fedforge.llm.federation import AdapterFolder
+        from fedforge.llm.federation import AdapterFolder, samples_plugin
 
         server.plugins.append(AdapterFolder(model))  # each checkpoint holds a PEFT folder
+        samples = samples_plugin(cfg.evaluation, model, tokenizer, cfg.data)
+        if samples is not None:
+            server.plugins.append(samples)
     backend.options["federation"] = federation_doc(cfg, prep)
     return server, prep
 

@@ -242,6 +242,13 @@ class EvaluationConfig(_Strict):
 
     metrics: list[str] | None = Field(None, min_length=1)
     confusion_matrix: bool = False
+    # language models: what the global model answers to each prompt after every round
+    # (samples.md in the run directory); greedy with a repetition penalty, or seeded
+    # sampling at temperature > 0
+    prompts: list[str] = []
+    max_new_tokens: int = Field(48, ge=1, le=2048)
+    repetition_penalty: float = Field(1.3, ge=1.0, allow_inf_nan=False)
+    temperature: float = Field(0.0, ge=0, allow_inf_nan=False)
 
     @field_validator("metrics")
     @classmethod
@@ -351,7 +358,7 @@ class ExperimentConfig(_Strict):
     def _secagg_composes(self) -> ExperimentConfig:
         if self.secagg is None:
             return self
-        if self.site_data:
+        if self.site_data and not hasattr(self.data, "blocks"):  # token data sends only counts
             raise ValueError(
                 "[secagg] cannot be combined with sites that bring their own data yet: the "
                 "federation's preprocessing adds up each site's sums and counts before round 1, "

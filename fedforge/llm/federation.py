@@ -47,7 +47,16 @@ from fedforge.llm.instruct import Exchange, example_tensors, has_chat_template
 from fedforge.llm.text import TokenBlocks, participant_blocks
 from fedforge.plugins import Plugin, ServerView
 
-__all__ = ["AdapterFolder", "CausalLM", "Instructions", "LMText", "LoraSection", "TokenData"]
+__all__ = [
+    "AdapterFolder",
+    "CausalLM",
+    "Instructions",
+    "LMText",
+    "LoraSection",
+    "Samples",
+    "TokenData",
+    "samples_plugin",
+]
 
 log = logging.getLogger(__name__)
 
@@ -328,3 +337,78 @@ class AdapterFolder(Plugin):
 
         load_adapter(self.model, server.params)
         self.model.save_pretrained(str(folder / "adapter"))
+
+
+class Samples(Plugin):
+    """After every round, the global model's answers to ``prompts`` go into the round's
+    record (``samples``; the run directory's ``samples.md``). Decoding that does not loop:
+    greedy with ``repetition_penalty``, or seeded sampling at ``temperature`` > 0."""
+
+    name = "samples"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: list[str],
+        *,
+        system: str | None = None,
+        max_new_tokens: int = 48,
+        repetition_penalty: float = 1.3,
+        temperature: float = 0.0,
+    ) -> None:
+        self.model, self.tokenizer, self.prompts = model, tokenizer, prompts
+        self.system = system
+        self.max_new_tokens = max_new_tokens
+        self.repetition_penalty = repetition_penalty
+        self.temperature = temperature
+
+    def text_of(self, prompt: str) -> str:
+        if self.system is None:
+            return prompt
+        from fedforge.llm.instruct import instruction_prompt
+
+        return instruction_prompt(self.tokenizer, Exchange(self.system, prompt, ""))
+
+    def after_round(self, server: ServerView, record: dict[str, Any]) -> None:
+        from fedforge.llm.adapters import load_adapter
+        from fedforge.seeding import derive_seed
+
+        load_adapter(self.model, server.params)
+        device = next(self.model.parameters()).device
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        out: dict[str, str] = {}
+        for n, prompt in enumerate(self.prompts):
+            enc = tok(self.text_of(prompt), return_tensors="pt", add_special_tokens=False)
+            ids = enc["input_ids"].to(device)
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": self.max_new_tokens,
+                "repetition_penalty": self.repetition_penalty,
+                "pad_token_id": pad,
+                "do_sample": self.temperature > 0,
+            }
+            if self.temperature > 0:
+                kwargs["temperature"] = self.temperature
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                torch.manual_seed(derive_seed(server.seed, "samples", server.round, n))
+                gen = self.model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs
+                )
+            out[prompt] = str(tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True))
+        record["samples"] = out
+
+
+def samples_plugin(cfg_eval: Any, model: Any, tokenizer: Any, data: Any) -> Samples | None:
+    """The ``[evaluation] prompts`` of a language-model federation, as a plugin (or None)."""
+    if not cfg_eval.prompts:
+        return None
+    return Samples(
+        model,
+        tokenizer,
+        list(cfg_eval.prompts),
+        system=getattr(data, "system", None),
+        max_new_tokens=cfg_eval.max_new_tokens,
+        repetition_penalty=cfg_eval.repetition_penalty,
+        temperature=cfg_eval.temperature,
+    )

@@ -55,6 +55,17 @@ class RunDir:
             os.fsync(f.fileno())
         self._tensorboard(record)
         self._confusion(record)
+        self._samples(record)
+
+    def _samples(self, record: Record) -> None:
+        """A language model's answers to the evaluation prompts, appended to samples.md."""
+        samples = record.get("samples")
+        if not isinstance(samples, dict) or not samples:
+            return
+        with open(self.path / "samples.md", "a") as f:
+            f.write(f"## round {record['round']}\n\n")
+            for prompt, reply in samples.items():
+                f.write(f"**{prompt}**\n\n{reply}\n\n")
 
     def rewrite_metrics(self, history: History) -> None:
         """Make metrics.jsonl hold exactly ``history`` (used when resuming)."""
