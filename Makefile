@@ -1,5 +1,5 @@
 # Two entry points that work on a fresh machine (as root, or with sudo for apt):
-#   make demo   install, then run the main job (federated LoRA on SmolLM2) on its defaults
+#   make demo   install, then run the main job (federated LoRA on SmolLM2, from a config) and its baselines
 #   make test   install, then lint, type-check and run the test suite
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
@@ -38,7 +38,8 @@ browser:
 	fi
 
 demo: install
-	$(PYTHON) examples/llm_shakespeare.py
+	$(PYTHON) -m fedforge.cli simulate configs/llm_shakespeare.toml
+	$(PYTHON) examples/llm_compare.py configs/llm_shakespeare.toml
 
 lint:
 	ruff check fedforge tests examples benchmarks

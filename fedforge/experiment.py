@@ -7,7 +7,7 @@ its own ``build``; this module wires the built parts into a ``Server``.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -274,17 +274,32 @@ def build_llm(cfg: C.ExperimentConfig) -> Simulation:
     from fedforge.llm.federation import AdapterFolder, TokenData, samples_plugin
 
     data = cfg.data
-    assert isinstance(data, TokenData)
     model, tokenizer = cfg.model.load()  # type: ignore[attr-defined]
-    sites = [load_site(p) for p in cfg.federation.sites]
-    try:
-        tables = {s.id: data.read(s.data.path, s.data.format) for s in sites}
-        prep = data.preprocessing(
-            merge_stats({sid: data.local_stats(t, cfg.seed, sid) for sid, t in tables.items()})
+    prep: dict[str, Any] | None = None
+    central = None
+    if isinstance(data, TokenData):  # sites' own files
+        sites = [load_site(p) for p in cfg.federation.sites]
+        try:
+            tables = {s.id: data.read(s.data.path, s.data.format) for s in sites}
+            prep = data.preprocessing(
+                merge_stats({sid: data.local_stats(t, cfg.seed, sid) for sid, t in tables.items()})
+            )
+            blocks = {sid: data.blocks(t, tokenizer, cfg.seed, sid) for sid, t in tables.items()}
+        except SiteDataError as exc:
+            raise C.ConfigError(str(exc)) from None
+    else:  # a built-in source: the server holds the union of the held-out parts
+        from fedforge.llm.client import adapter_evaluator
+
+        blocks = data.role_blocks(tokenizer, cfg.seed)  # type: ignore[attr-defined]
+        held = [b.held_out_labels for b in blocks.values()]
+        central = adapter_evaluator(
+            model,
+            torch.cat([b.held_out for b in blocks.values()]),
+            batch_size=4,
+            labels=None
+            if all(h is None for h in held)
+            else torch.cat([h for h in held if h is not None]),
         )
-        blocks = {sid: data.blocks(t, tokenizer, cfg.seed, sid) for sid, t in tables.items()}
-    except SiteDataError as exc:
-        raise C.ConfigError(str(exc)) from None
     clients = {sid: llm_client(cfg.client, model, b) for sid, b in blocks.items()}
     fd = D.FederatedData(
         {
@@ -293,10 +308,12 @@ def build_llm(cfg: C.ExperimentConfig) -> Simulation:
         },
         None,
         None,
-        (data.seq_len,),
+        (int(getattr(data, "seq_len", 0)),),
     )
     task = evaluation_task(cfg.evaluation, None)
-    server = build_server(cfg, fd, model, task, clients, initial=adapter_params(model))
+    server = build_server(
+        cfg, fd, model, task, clients, initial=adapter_params(model), central=central
+    )
     server.plugins.append(AdapterFolder(model))  # each checkpoint holds a PEFT folder
     samples = samples_plugin(cfg.evaluation, model, tokenizer, data)
     if samples is not None:
@@ -331,6 +348,7 @@ def build_server(
     population: Collection[ClientId] | None = None,
     secagg_channel: Channel | None = None,
     initial: Params | None = None,
+    central: Callable[[Params], Any] | None = None,
 ) -> Server:
     """The server a config describes, for ``clients``. Over gRPC, ``population`` is the live
     registry of participants and ``secagg_channel`` carries secure aggregation to them."""
@@ -377,7 +395,9 @@ def build_server(
             update_bound=NormBound(s.update_norm_bound) if s.update_norm_bound else None,
             optimizer=server_optimizer(s.optimizer),
             central_eval=(
-                central_evaluator(model, fd.test, task)
+                central
+                if central is not None and s.central_eval
+                else central_evaluator(model, fd.test, task)
                 if s.central_eval and fd.test is not None
                 else None
             ),

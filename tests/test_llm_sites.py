@@ -247,3 +247,37 @@ def test_secure_aggregation_of_adapters_from_config(tmp_path: Path) -> None:
     masked.server.run(masked.clients, 2, backend=masked.backend, progress=False)
     for k, v in plain.server.params.items():
         assert torch.allclose(masked.server.params[k], v, atol=1e-5), k
+
+
+def test_the_shakespeare_demo_config_and_its_comparison_run_small(tmp_path: Path) -> None:
+    """configs/llm_shakespeare.toml (the README's `make demo`) on the tiny model, small:
+    the simulation reports perplexity at round 0 and after the last round, and
+    examples/llm_compare.py reads them back and trains the baselines on the same blocks."""
+    import importlib.util
+
+    sets = [
+        "model.source=tiny", "data.roles=2", "data.seq_len=32", "data.max_train=8",
+        "data.max_held_out=2", "server.rounds=3", "server.clients_per_round=2",
+        "server.eval_every=3", "evaluation.max_new_tokens=4", f"run.dir={tmp_path / 'runs'}",
+    ]  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    cfg = C.load(root / "configs" / "llm_shakespeare.toml", sets)
+    sim = build(cfg)
+    from fedforge.experiment import new_run_dir
+
+    rd = new_run_dir(cfg)
+    history = list(sim.server.run(sim.clients, 3, backend=sim.backend, run_dir=rd, progress=False))
+    assert [r["round"] for r in history] == [0, 1, 2, 3]
+    assert "central_perplexity" in history[0] and "central_perplexity" in history[-1]
+    assert "samples" in history[-1]
+    spec = importlib.util.spec_from_file_location(
+        "llm_compare", root / "examples" / "llm_compare.py"
+    )
+    assert spec is not None and spec.loader is not None
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    result = compare.main([str(rd.path), "--threads", "1"])
+    assert result["perplexity_federated"] == history[-1]["central_perplexity"]
+    assert result["perplexity_before"] == history[0]["central_perplexity"]
+    assert len(result["perplexity_local_only"]) == 2 and result["perplexity_centralized"] > 1
+    assert 0 < result["bytes_fraction"] < 1

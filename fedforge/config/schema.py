@@ -301,11 +301,11 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="after")
     def _model_fits_data(self) -> ExperimentConfig:
         lm = getattr(self.model, "name", None) == "causal_lm"
-        tokens = hasattr(self.data, "blocks")
+        tokens = bool(getattr(self.data, "token_data", False))
         if lm != tokens:
             raise ValueError(
-                "model.name = 'causal_lm' trains on token data ([data] dataset = 'instructions' "
-                "or 'lm_text') and token data needs it"
+                "model.name = 'causal_lm' trains on token data ([data] dataset = 'instructions', "
+                "'lm_text' or 'shakespeare_roles') and token data needs it"
             )
         return self
 
@@ -358,7 +358,7 @@ class ExperimentConfig(_Strict):
     def _secagg_composes(self) -> ExperimentConfig:
         if self.secagg is None:
             return self
-        if self.site_data and not hasattr(self.data, "blocks"):  # token data sends only counts
+        if self.site_data and not getattr(self.data, "token_data", False):  # token data: counts
             raise ValueError(
                 "[secagg] cannot be combined with sites that bring their own data yet: the "
                 "federation's preprocessing adds up each site's sums and counts before round 1, "

