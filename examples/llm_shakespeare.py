@@ -69,11 +69,10 @@ import time
 import warnings
 from typing import Any
 
-import numpy as np
 import torch
 
 import fedforge as ff
-from fedforge.data.plays import parse_plays, parse_speeches
+from fedforge.data.plays import parse_speeches
 from fedforge.llm import (
     LLMClient,
     LoraSpec,
@@ -94,6 +93,7 @@ from fedforge.llm import (
     sgd,
     smollm2_gguf,
 )
+from fedforge.llm.federation import ShakespeareRoles
 from fedforge.params import add, num_bytes
 from fedforge.seeding import derive_seed
 
@@ -224,18 +224,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def pick_roles(count: int, min_chars: int, seed: int) -> dict[str, tuple[str, str, str]]:
-    """``count`` roles with at least ``min_chars`` characters, drawn with ``seed``."""
-    texts = parse_plays()
-    eligible = sorted(k for k, t in texts.items() if len(t) >= min_chars)
-    if len(eligible) < count:
-        raise SystemExit(
-            f"only {len(eligible)} roles have {min_chars} characters; lower --min-chars"
-        )
-    rng = np.random.default_rng(seed)
-    picked = sorted(rng.choice(len(eligible), size=count, replace=False).tolist())
-    return {
-        f"{eligible[i][1]} ({eligible[i][0]})": (*eligible[i], texts[eligible[i]]) for i in picked
-    }
+    """``count`` roles with at least ``min_chars`` characters, drawn with ``seed`` (the
+    library's ``shakespeare_roles`` source draws the same ones)."""
+    try:
+        return ShakespeareRoles(roles=count, min_chars=min_chars).pick(seed)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
