@@ -191,7 +191,7 @@ def serve_participants(
     import threading
 
     from fedforge import config as C
-    from fedforge.cli.deploy import parse_ids
+    from fedforge.cli.participant import parse_ids
     from fedforge.experiment import build
     from fedforge.transport.participant import Backoff, connect
 

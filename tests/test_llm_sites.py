@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from grpc_helpers import cli_env
 
 from fedforge import config as C
 from fedforge.experiment import build
@@ -133,12 +134,11 @@ def test_hospitals_over_mutual_tls_equal_the_simulation(tmp_path: Path) -> None:
 
     fed = write_hospitals(tmp_path, tls="certs")
     run = [sys.executable, "-m", "fedforge.cli"]
-    out = subprocess.run([*run, "certs", "certs", "--config", str(fed)], cwd=tmp_path, timeout=60)
+    out = subprocess.run(
+        [*run, "certs", "certs", "--config", str(fed)], cwd=tmp_path, timeout=60, env=cli_env()
+    )
     assert out.returncode == 0
-    env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    import os
-
-    env = dict(os.environ, **env)
+    env = cli_env()
     logs = {n: open(tmp_path / f"{n}.log", "wb") for n in ("server", *HOSPITALS)}  # noqa: SIM115
     server = subprocess.Popen(
         [*run, "server", str(fed), "--certs", "certs", "--port-file", "port", "--no-progress"],
@@ -179,7 +179,9 @@ def test_checkpoint_adapter_loads_in_peft_and_the_merged_export_generates(tmp_pa
 
     fed = write_hospitals(tmp_path)
     run = [sys.executable, "-m", "fedforge.cli"]
-    out = subprocess.run([*run, "simulate", str(fed), "--no-progress"], cwd=tmp_path, timeout=240)
+    out = subprocess.run(
+        [*run, "simulate", str(fed), "--no-progress"], cwd=tmp_path, timeout=240, env=cli_env()
+    )
     assert out.returncode == 0
     run_dir = next((tmp_path / "runs").iterdir())
     ckpt = sorted((run_dir / "checkpoints").iterdir())[-1]
@@ -194,7 +196,10 @@ def test_checkpoint_adapter_loads_in_peft_and_the_merged_export_generates(tmp_pa
     # merged: the same predictions as base + adapter, loadable by transformers alone
     merged_dir = tmp_path / "merged"
     out = subprocess.run(
-        [*run, "export", str(run_dir), "--merge", str(merged_dir)], cwd=tmp_path, timeout=120
+        [*run, "export", str(run_dir), "--merge", str(merged_dir)],
+        cwd=tmp_path,
+        timeout=120,
+        env=cli_env(),
     )
     assert out.returncode == 0
     merged = AutoModelForCausalLM.from_pretrained(str(merged_dir))
@@ -207,8 +212,7 @@ def test_checkpoint_adapter_loads_in_peft_and_the_merged_export_generates(tmp_pa
     assert new.shape[1] == ids.shape[1] + 5
     again = subprocess.run(
         [*run, "export", str(run_dir), "--merge", str(merged_dir)],
-        cwd=tmp_path, timeout=120, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=tmp_path, timeout=120, capture_output=True, text=True, env=cli_env())  # fmt: skip
     assert again.returncode == 2 and "never overwrites" in again.stderr
 
 

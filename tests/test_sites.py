@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from grpc_helpers import cli_env
 from site_helpers import COLUMNS, SITES, write_sites
 
 from fedforge import config as C
@@ -72,6 +73,7 @@ def test_simulate_from_the_command_line_writes_the_preprocessing(tmp_path: Path)
         text=True,
         timeout=120,
         cwd=tmp_path,
+        env=cli_env(),
     )
     assert out.returncode == 0, out.stderr[-2000:]
     run = next((tmp_path / "runs").iterdir())

@@ -7,13 +7,12 @@ equals the simulation's."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from grpc_helpers import read_port
+from grpc_helpers import cli_env, read_port
 from site_helpers import SITES, write_sites
 
 from fedforge import config as C
@@ -29,15 +28,15 @@ def hook(event, args):
         log.write(os.fsdecode(os.path.abspath(args[0])) + "\\n")
 sys.addaudithook(hook)
 from fedforge.cli.app import main
-from fedforge.cli import deploy
+from fedforge.cli import participant
 code = main(sys.argv[1:])
-deploy.exit_after_client(sys.argv[1], code)
+participant.exit_after_client(sys.argv[1], code)
 sys.exit(code)
 """
 
 
 def _start(args: list[str], log: Path, opened: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", FF_OPEN_LOG=str(opened))
+    env = dict(cli_env(), FF_OPEN_LOG=str(opened))
     f = open(log, "wb")  # noqa: SIM115 - the child owns it
     return subprocess.Popen(
         [sys.executable, "-c", AUDITED, *args],
@@ -103,6 +102,7 @@ def _certs(tmp: Path, fed: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        env=cli_env(),
     )
     assert out.returncode == 0, out.stderr
     assert sorted(p.stem for p in (tmp / "certs" / "participants").glob("*.pem")) == list(SITES)
@@ -174,6 +174,7 @@ def test_a_site_config_that_claims_another_sites_identity_is_refused(tmp_path: P
         capture_output=True,
         text=True,
         timeout=60,
+        env=cli_env(),
     )
     assert out.returncode == 2, out.stderr
     assert "does not match its certificate" in out.stderr and "bank_c" in out.stderr

@@ -1,7 +1,8 @@
 """The ``fedforge`` command: its argument parser, ``main`` and the console script.
 
 The subcommands live beside it: ``simulate`` and ``show`` in ``simulate.py``;
-``server``, ``client``, ``certs`` and ``status`` in ``deploy.py``; ``new`` in ``new.py``;
+``server``, ``certs`` and ``status`` in ``deploy.py`` (with the parser of ``client``, whose
+handler is in ``participant.py``); ``new`` in ``new.py``;
 ``dashboard`` in ``fedforge.dashboard.command``.
 """
 
@@ -14,7 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from fedforge.cli import deploy, export, new, simulate
+from fedforge.cli import deploy, export, new, participant, simulate
 from fedforge.dashboard import command as dashboard
 
 _EXAMPLE = """examples:
@@ -86,5 +87,5 @@ def _broken_pipe() -> int:
 def entry() -> None:
     """The ``fedforge`` console script: ``main``, then exit (see ``exit_after_client``)."""
     code = main()
-    deploy.exit_after_client(_LAST_COMMAND, code)
+    participant.exit_after_client(_LAST_COMMAND, code)
     sys.exit(code)

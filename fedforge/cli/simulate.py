@@ -159,3 +159,18 @@ def _show(args: argparse.Namespace) -> int:
     summary_table(history, str(run_dir), max_rows=10_000)
     _print_reputation(history)
     return 0
+
+
+def load_config(path: str | None, overrides: list[str], resume: str | None = None) -> Any:
+    from fedforge import config as C
+
+    if resume:
+        import yaml
+
+        from fedforge.server import RunDir
+
+        if path:
+            raise C.ConfigError("give either CONFIG or --resume RUN_DIR, not both")
+        doc = yaml.safe_load(RunDir(existing_run(resume)).read_config())
+        return C.validate(C.apply_overrides(doc if isinstance(doc, dict) else {}, overrides))
+    return C.load(path, overrides)
