@@ -83,6 +83,13 @@ class Site:
                 raise ValueError("the federation's preprocessing has not been computed yet")
             seed = int(doc["seed"])
             decl = components.get("model", doc["model"]["name"]).model_validate(doc["model"])
+            factory = getattr(decl, "factory", None)
+            if factory is not None and factory not in self.config.trust.factories:
+                raise ValueError(
+                    f"the federation asks this site to run the model factory {factory!r}; a "
+                    "site runs the built-in models and only the factories its site config "
+                    "lists: add it to [trust] factories if you have reviewed it"
+                )
             local = ClientConfig.model_validate(doc["client"])
             client: Client
             if isinstance(data, TokenData):  # a language model: one base, this site's adapter

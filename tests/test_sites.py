@@ -298,3 +298,29 @@ def test_image_folders_per_site(tmp_path: Path) -> None:
     (tmp_path / "clinic_b" / "stray.png").write_bytes(b"")
     with pytest.raises(C.ConfigError, match="images directly in the folder"):
         build(C.load(fed))
+
+
+def test_a_site_runs_only_the_model_factories_it_trusts(tmp_path: Path) -> None:
+    """The server names a model factory and its arguments; a site builds it only when its
+    own config lists it (else a hostile server could name any importable function)."""
+    from fedforge.client.types import RoundInfo
+    from fedforge.config.site import SiteConfig
+    from fedforge.experiment import federation_doc
+    from fedforge.site import Site
+
+    fed = write_sites(tmp_path)
+    cfg = C.load(fed, ["model={name: import, factory: 'shutil:rmtree', kwargs: {path: x}}"])
+    sim_prep = {"numeric": COLUMNS, "mean": [0.0] * 5, "std": [1.0] * 5,
+                "categories": {"segment": ["corporate", "private", "retail"]},
+                "labels": ["0", "1"], "rows": 1}  # fmt: skip
+    info = RoundInfo(1, 0, options={"federation": federation_doc(cfg, sim_prep)})
+    site = Site(load_site(tmp_path / "bank_a.toml"))
+    victim = tmp_path / "x"
+    victim.mkdir()
+    with pytest.raises(ValueError, match=r"model factory 'shutil:rmtree'.*\[trust\] factories"):
+        site.fit({}, info)
+    assert victim.is_dir()  # nothing ran
+    trusting = SiteConfig.model_validate(
+        {**site.config.model_dump(), "trust": {"factories": ["shutil:rmtree"]}}
+    )
+    assert trusting.trust.factories == ["shutil:rmtree"]

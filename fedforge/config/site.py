@@ -17,6 +17,9 @@ device = "cpu"
 
 [choices]                     # what the federation's algorithm lets a site choose
 # lora_rank = 8
+
+[trust]                       # model factories this site runs, besides the built-in models
+# factories = ["mypkg.nets:make_model"]
 ```
 
 The federation config (``fedforge.config.schema``) says what the rows mean; the site
@@ -62,11 +65,21 @@ class SiteResources(_Strict):
     device: str = "cpu"
 
 
+class SiteTrust(_Strict):
+    """What this site lets a federation run here beyond the built-in models: model
+    factories by import path (``[model] name = "import"``), listed exactly. The server
+    names a factory and its arguments; without this list a hostile server could name any
+    importable function."""
+
+    factories: list[str] = []
+
+
 class SiteConfig(_Strict):
     id: str
     data: SiteDataSource
     tls: SiteTLS = SiteTLS()
     resources: SiteResources = SiteResources()
+    trust: SiteTrust = SiteTrust()
     choices: dict[str, int | float | str | bool] = {}
 
     @field_validator("id")
