@@ -82,13 +82,11 @@ from fedforge.llm import (
     attach_lora,
     dialogue_exchanges,
     generate_sample,
-    instruction_blocks,
     instruction_prompt,
     llm_plan,
     load_adapter,
     load_causal_lm,
     model_bytes,
-    participant_blocks,
     perplexity,
     sgd,
     smollm2_gguf,
@@ -252,34 +250,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seed=args.seed,
     )
     peft_model = attach_lora(model, spec)
+    source = ShakespeareRoles(
+        roles=args.roles,
+        min_chars=args.min_chars,
+        task=args.task,
+        seq_len=args.seq_len,
+        max_train=args.train_blocks,
+        max_held_out=args.held_out_blocks,
+    )
     roles = pick_roles(args.roles, args.min_chars, args.seed)
-    if args.task == "lm":
-        data = {
-            name: participant_blocks(
-                tok,
-                text,
-                args.seq_len,
-                max_train_blocks=args.train_blocks,
-                max_held_out_blocks=args.held_out_blocks,
-            )
-            for name, (_, _, text) in roles.items()
-        }
-    else:
-        speeches = parse_speeches()
-        if args.prompt is None:
-            play, role, _ = next(iter(roles.values()))
-            last = dialogue_exchanges(play, speeches[play], role)[-1]  # always held out
-            args.prompt = instruction_prompt(tok, last)
-        data = {
-            name: instruction_blocks(
-                tok,
-                dialogue_exchanges(play, speeches[play], role),
-                args.seq_len,
-                max_train=args.train_blocks,
-                max_held_out=args.held_out_blocks,
-            )
-            for name, (play, role, _) in roles.items()
-        }
+    data = source.role_blocks(tok, args.seed)  # the roles pick_roles drew, as token blocks
+    if args.task == "instruct" and args.prompt is None:
+        play, role, _ = next(iter(roles.values()))
+        last = dialogue_exchanges(play, parse_speeches()[play], role)[-1]  # always held out
+        args.prompt = instruction_prompt(tok, last)
     if args.prompt is None:
         args.prompt = "HAMLET:\nTo be, or not to be,"
     union = torch.cat([d.held_out for d in data.values()])  # (blocks, seq_len)

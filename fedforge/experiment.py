@@ -53,10 +53,10 @@ def build_data(cfg: Declaration, seed: int) -> D.FederatedData:
     return data
 
 
-def site_federation(cfg: C.ExperimentConfig) -> tuple[D.FederatedData, dict[str, Any]]:
-    """A simulation of sites that bring their own files (``[federation] sites``): each site
-    reads only its own file; the federation's preprocessing comes from the sites' sums
-    (``fedforge.data.site_data``), exactly as a deployed server computes it."""
+def site_tables(cfg: C.ExperimentConfig) -> tuple[dict[ClientId, Any], dict[str, Any]]:
+    """Each site's own file, read through the federation's schema, and the federation's
+    preprocessing from the sites' sums (``fedforge.data.site_data``), exactly as a
+    deployed server computes it; what does not fit is a ``ConfigError`` naming it."""
     from fedforge.config.site import load_site
     from fedforge.data.site_data import SiteData, SiteDataError, merge_stats
 
@@ -72,7 +72,19 @@ def site_federation(cfg: C.ExperimentConfig) -> tuple[D.FederatedData, dict[str,
     try:
         tables = {s.id: data.read(s.data.path, s.data.format) for s in sites}
         stats = {sid: data.local_stats(t, cfg.seed, sid) for sid, t in tables.items()}
-        prep = data.preprocessing(merge_stats(stats))
+        return tables, data.preprocessing(merge_stats(stats))
+    except SiteDataError as exc:
+        raise C.ConfigError(str(exc)) from None
+
+
+def site_federation(cfg: C.ExperimentConfig) -> tuple[D.FederatedData, dict[str, Any]]:
+    """A simulation of sites that bring their own files (``[federation] sites``): each site
+    reads only its own file and encodes it with the federation's preprocessing."""
+    from fedforge.data.site_data import SiteDataError
+
+    data: Any = cfg.data
+    tables, prep = site_tables(cfg)
+    try:
         clients = {sid: data.client_data(t, prep, cfg.seed, sid) for sid, t in tables.items()}
     except SiteDataError as exc:
         raise C.ConfigError(str(exc)) from None
@@ -268,8 +280,7 @@ def build_llm(cfg: C.ExperimentConfig) -> Simulation:
     """A language-model federation of sites (``[model] name = "causal_lm"``, token data):
     ONE base model in this process shared by every site's ``LLMClient``; the server's
     state is the adapter's travelling tensors."""
-    from fedforge.config.site import load_site
-    from fedforge.data.site_data import SiteDataError, merge_stats
+    from fedforge.data.site_data import SiteDataError
     from fedforge.llm.adapters import adapter_params
     from fedforge.llm.federation import AdapterFolder, TokenData, samples_plugin
 
@@ -278,12 +289,8 @@ def build_llm(cfg: C.ExperimentConfig) -> Simulation:
     prep: dict[str, Any] | None = None
     central = None
     if isinstance(data, TokenData):  # sites' own files
-        sites = [load_site(p) for p in cfg.federation.sites]
+        tables, prep = site_tables(cfg)
         try:
-            tables = {s.id: data.read(s.data.path, s.data.format) for s in sites}
-            prep = data.preprocessing(
-                merge_stats({sid: data.local_stats(t, cfg.seed, sid) for sid, t in tables.items()})
-            )
             blocks = {sid: data.blocks(t, tokenizer, cfg.seed, sid) for sid, t in tables.items()}
         except SiteDataError as exc:
             raise C.ConfigError(str(exc)) from None
